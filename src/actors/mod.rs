@@ -1,0 +1,8 @@
+//! Actors of the daemon. Each owns its state and is reached only through its
+//! mailbox.
+
+pub mod card;
+pub mod counter;
+pub mod enrollments;
+pub mod sessions;
+pub mod upstream;
