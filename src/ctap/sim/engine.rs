@@ -1,0 +1,1 @@
+//! (placeholder: the CTAPHID half of the simulated card is being written)
