@@ -1,1 +1,470 @@
-//! (placeholder)
+//! The sessions actor: server-side sessions keyed by the SHA-256 of their
+//! token.
+//!
+//! A token is 32 bytes from the OS RNG, given to the client once as
+//! base64url and never stored or logged. The actor keeps only the hash, so
+//! a memory dump or a log does not reveal a usable token. Lookups go through
+//! a hash map keyed by that hash: an attacker who can time them learns at
+//! most about the SHA-256 of a guess, not about a stored token.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant, SystemTime};
+
+use actix::prelude::*;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+use crate::rng::{os_random, RngError};
+
+/// Length of a session token before encoding, in bytes (256 bits).
+pub const TOKEN_BYTES: usize = 32;
+
+/// Length of a token's base64url text (no padding).
+pub const TOKEN_TEXT_LEN: usize = 43;
+
+/// How long sessions live. Both limits are checked on every request.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionSettings {
+    /// A session ends after this long without a request.
+    pub idle_timeout: Duration,
+    /// A session ends this long after login, however active it is.
+    pub lifetime: Duration,
+    /// How often expired sessions are removed from memory.
+    pub cleanup_interval: Duration,
+}
+
+/// SHA-256 of a token's text: the only form in which the actor keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenHash([u8; 32]);
+
+impl TokenHash {
+    pub fn of(token: &str) -> TokenHash {
+        TokenHash(Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// The first 8 hex digits, for log lines that must tell sessions apart
+    /// without revealing anything that authenticates.
+    pub fn prefix(&self) -> String {
+        hex::encode(&self.0[..4])
+    }
+}
+
+/// A session as the HTTP layer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub username: String,
+    /// When the session ends if it is not used again (the earlier of the
+    /// idle and the absolute limit).
+    pub expires_at: SystemTime,
+    pub hash_prefix: String,
+}
+
+/// A new session: the token is shown to the client once and then dropped.
+#[derive(Debug)]
+pub struct IssuedSession {
+    pub token: String,
+    pub info: SessionInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("the session token is malformed: expected {TOKEN_TEXT_LEN} base64url characters")]
+    Malformed,
+    #[error("the session is unknown, expired or logged out; log in again")]
+    Unknown,
+    #[error("cannot create a session: {0}")]
+    Rng(String),
+}
+
+impl From<RngError> for SessionError {
+    fn from(e: RngError) -> Self {
+        SessionError::Rng(e.to_string())
+    }
+}
+
+struct Session {
+    username: String,
+    created: Instant,
+    last_seen: Instant,
+}
+
+impl Session {
+    fn expiry(&self, settings: &SessionSettings) -> Instant {
+        (self.created + settings.lifetime).min(self.last_seen + settings.idle_timeout)
+    }
+}
+
+pub struct SessionsActor {
+    settings: SessionSettings,
+    sessions: HashMap<TokenHash, Session>,
+    by_user: HashMap<String, HashSet<TokenHash>>,
+}
+
+// Messages.
+
+/// Creates a session for a user who has just proved possession of the card.
+#[derive(Message)]
+#[rtype(result = "Result<IssuedSession, SessionError>")]
+pub struct Create {
+    pub username: String,
+}
+
+/// Checks a token and, when it is valid, counts this as activity.
+#[derive(Message)]
+#[rtype(result = "Result<SessionInfo, SessionError>")]
+pub struct Validate {
+    pub token: String,
+}
+
+/// Ends the session of this token.
+#[derive(Message)]
+#[rtype(result = "Result<SessionInfo, SessionError>")]
+pub struct Logout {
+    pub token: String,
+}
+
+/// Ends every session of a user; returns how many ended.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct RevokeUser {
+    pub username: String,
+}
+
+/// Returns the number of live sessions.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Count;
+
+/// Removes expired sessions; returns how many were removed.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Cleanup;
+
+impl SessionsActor {
+    pub fn new(settings: SessionSettings) -> Self {
+        SessionsActor {
+            settings,
+            sessions: HashMap::new(),
+            by_user: HashMap::new(),
+        }
+    }
+
+    fn info(&self, hash: &TokenHash, session: &Session, now: Instant) -> SessionInfo {
+        let remaining = session
+            .expiry(&self.settings)
+            .saturating_duration_since(now);
+        SessionInfo {
+            username: session.username.clone(),
+            expires_at: SystemTime::now() + remaining,
+            hash_prefix: hash.prefix(),
+        }
+    }
+
+    fn remove(&mut self, hash: &TokenHash) -> Option<Session> {
+        let session = self.sessions.remove(hash)?;
+        if let Some(set) = self.by_user.get_mut(&session.username) {
+            set.remove(hash);
+            if set.is_empty() {
+                self.by_user.remove(&session.username);
+            }
+        }
+        Some(session)
+    }
+
+    fn lookup(&mut self, token: &str) -> Result<TokenHash, SessionError> {
+        if !is_well_formed(token) {
+            return Err(SessionError::Malformed);
+        }
+        let hash = TokenHash::of(token);
+        let now = Instant::now();
+        let expired = match self.sessions.get(&hash) {
+            None => return Err(SessionError::Unknown),
+            Some(session) => session.expiry(&self.settings) <= now,
+        };
+        if expired {
+            self.remove(&hash);
+            tracing::info!(session = %hash.prefix(), "session expired");
+            return Err(SessionError::Unknown);
+        }
+        Ok(hash)
+    }
+}
+
+/// Whether `token` has the shape of a token this actor issues; anything else
+/// is rejected before hashing.
+fn is_well_formed(token: &str) -> bool {
+    token.len() == TOKEN_TEXT_LEN
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Actor for SessionsActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.settings.cleanup_interval, |actor, _| {
+            let removed = actor.handle_cleanup();
+            if removed > 0 {
+                tracing::debug!(removed, "expired sessions removed");
+            }
+        });
+    }
+}
+
+impl SessionsActor {
+    fn handle_cleanup(&mut self) -> usize {
+        let now = Instant::now();
+        let expired: Vec<TokenHash> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.expiry(&self.settings) <= now)
+            .map(|(h, _)| *h)
+            .collect();
+        for hash in &expired {
+            self.remove(hash);
+        }
+        expired.len()
+    }
+}
+
+impl Handler<Create> for SessionsActor {
+    type Result = Result<IssuedSession, SessionError>;
+
+    fn handle(&mut self, msg: Create, _: &mut Self::Context) -> Self::Result {
+        let token = URL_SAFE_NO_PAD.encode(os_random::<TOKEN_BYTES>()?);
+        let hash = TokenHash::of(&token);
+        let now = Instant::now();
+        let session = Session {
+            username: msg.username.clone(),
+            created: now,
+            last_seen: now,
+        };
+        let info = self.info(&hash, &session, now);
+        self.sessions.insert(hash, session);
+        self.by_user.entry(msg.username).or_default().insert(hash);
+        tracing::info!(session = %hash.prefix(), username = %info.username, "session created");
+        Ok(IssuedSession { token, info })
+    }
+}
+
+impl Handler<Validate> for SessionsActor {
+    type Result = Result<SessionInfo, SessionError>;
+
+    fn handle(&mut self, msg: Validate, _: &mut Self::Context) -> Self::Result {
+        let hash = self.lookup(&msg.token)?;
+        let now = Instant::now();
+        let session = self.sessions.get_mut(&hash).ok_or(SessionError::Unknown)?;
+        session.last_seen = now;
+        let session = self.sessions.get(&hash).ok_or(SessionError::Unknown)?;
+        Ok(self.info(&hash, session, now))
+    }
+}
+
+impl Handler<Logout> for SessionsActor {
+    type Result = Result<SessionInfo, SessionError>;
+
+    fn handle(&mut self, msg: Logout, _: &mut Self::Context) -> Self::Result {
+        let hash = self.lookup(&msg.token)?;
+        let session = self.remove(&hash).ok_or(SessionError::Unknown)?;
+        let info = self.info(&hash, &session, Instant::now());
+        tracing::info!(session = %hash.prefix(), username = %info.username, "session logged out");
+        Ok(info)
+    }
+}
+
+impl Handler<RevokeUser> for SessionsActor {
+    type Result = usize;
+
+    fn handle(&mut self, msg: RevokeUser, _: &mut Self::Context) -> usize {
+        let hashes = self.by_user.remove(&msg.username).unwrap_or_default();
+        for hash in &hashes {
+            self.sessions.remove(hash);
+        }
+        if !hashes.is_empty() {
+            tracing::info!(username = %msg.username, count = hashes.len(), "sessions revoked");
+        }
+        hashes.len()
+    }
+}
+
+impl Handler<Count> for SessionsActor {
+    type Result = usize;
+
+    fn handle(&mut self, _: Count, _: &mut Self::Context) -> usize {
+        self.sessions.len()
+    }
+}
+
+impl Handler<Cleanup> for SessionsActor {
+    type Result = usize;
+
+    fn handle(&mut self, _: Cleanup, _: &mut Self::Context) -> usize {
+        self.handle_cleanup()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(idle_ms: u64, lifetime_ms: u64) -> SessionSettings {
+        SessionSettings {
+            idle_timeout: Duration::from_millis(idle_ms),
+            lifetime: Duration::from_millis(lifetime_ms),
+            cleanup_interval: Duration::from_secs(60),
+        }
+    }
+
+    fn create(
+        actor: &Addr<SessionsActor>,
+        name: &str,
+    ) -> impl std::future::Future<Output = IssuedSession> {
+        let send = actor.send(Create {
+            username: name.into(),
+        });
+        async move { send.await.unwrap().unwrap() }
+    }
+
+    #[actix_rt::test]
+    async fn token_is_256_bits_of_base64url_and_validates() {
+        let actor = SessionsActor::new(settings(60_000, 60_000)).start();
+        let issued = create(&actor, "alice").await;
+        assert_eq!(issued.token.len(), TOKEN_TEXT_LEN);
+        assert_eq!(
+            URL_SAFE_NO_PAD.decode(&issued.token).unwrap().len(),
+            TOKEN_BYTES
+        );
+
+        let info = actor
+            .send(Validate {
+                token: issued.token.clone(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.username, "alice");
+    }
+
+    #[actix_rt::test]
+    async fn tokens_differ_between_logins() {
+        let actor = SessionsActor::new(settings(60_000, 60_000)).start();
+        let first = create(&actor, "alice").await;
+        let second = create(&actor, "alice").await;
+        assert_ne!(first.token, second.token);
+        assert_eq!(actor.send(Count).await.unwrap(), 2);
+    }
+
+    #[actix_rt::test]
+    async fn logout_ends_session_at_next_request() {
+        let actor = SessionsActor::new(settings(60_000, 60_000)).start();
+        let issued = create(&actor, "alice").await;
+        actor
+            .send(Logout {
+                token: issued.token.clone(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let again = actor
+            .send(Validate {
+                token: issued.token,
+            })
+            .await
+            .unwrap();
+        assert_eq!(again, Err(SessionError::Unknown));
+    }
+
+    #[actix_rt::test]
+    async fn idle_session_expires() {
+        let actor = SessionsActor::new(settings(50, 60_000)).start();
+        let issued = create(&actor, "alice").await;
+        actix_rt::time::sleep(Duration::from_millis(80)).await;
+        let result = actor
+            .send(Validate {
+                token: issued.token,
+            })
+            .await
+            .unwrap();
+        assert_eq!(result, Err(SessionError::Unknown));
+        assert_eq!(actor.send(Count).await.unwrap(), 0);
+    }
+
+    #[actix_rt::test]
+    async fn activity_does_not_extend_past_lifetime() {
+        let actor = SessionsActor::new(settings(60, 150)).start();
+        let issued = create(&actor, "alice").await;
+        for _ in 0..3 {
+            actix_rt::time::sleep(Duration::from_millis(40)).await;
+            let ok = actor
+                .send(Validate {
+                    token: issued.token.clone(),
+                })
+                .await
+                .unwrap();
+            assert!(ok.is_ok(), "session must live while active and young");
+        }
+        actix_rt::time::sleep(Duration::from_millis(40)).await;
+        let late = actor
+            .send(Validate {
+                token: issued.token,
+            })
+            .await
+            .unwrap();
+        assert_eq!(late, Err(SessionError::Unknown));
+    }
+
+    #[actix_rt::test]
+    async fn revoke_user_ends_only_that_users_sessions() {
+        let actor = SessionsActor::new(settings(60_000, 60_000)).start();
+        let alice1 = create(&actor, "alice").await;
+        let alice2 = create(&actor, "alice").await;
+        let bob = create(&actor, "bob").await;
+        let revoked = actor
+            .send(RevokeUser {
+                username: "alice".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(revoked, 2);
+        for token in [alice1.token, alice2.token] {
+            let result = actor.send(Validate { token }).await.unwrap();
+            assert_eq!(result, Err(SessionError::Unknown));
+        }
+        assert!(actor
+            .send(Validate { token: bob.token })
+            .await
+            .unwrap()
+            .is_ok());
+    }
+
+    #[actix_rt::test]
+    async fn malformed_tokens_are_rejected_before_lookup() {
+        let actor = SessionsActor::new(settings(60_000, 60_000)).start();
+        for token in [
+            "",
+            "short",
+            &"a".repeat(44),
+            &format!("{}=", "a".repeat(42)),
+        ] {
+            let result = actor
+                .send(Validate {
+                    token: token.to_string(),
+                })
+                .await
+                .unwrap();
+            assert_eq!(result, Err(SessionError::Malformed), "{token:?}");
+        }
+    }
+
+    #[actix_rt::test]
+    async fn cleanup_removes_only_expired_sessions() {
+        let actor = SessionsActor::new(settings(50, 60_000)).start();
+        create(&actor, "old").await;
+        actix_rt::time::sleep(Duration::from_millis(80)).await;
+        create(&actor, "new").await;
+        assert_eq!(actor.send(Cleanup).await.unwrap(), 1);
+        assert_eq!(actor.send(Count).await.unwrap(), 1);
+    }
+}
