@@ -1,1 +1,168 @@
-//! (placeholder)
+//! The upstream actor: the proxy's link to k_server.
+//!
+//! It owns one HTTP client with mutual TLS (the proxy's client certificate)
+//! and a bounded pool of kept-alive connections, so TLS handshakes are paid
+//! once per pooled connection, not once per request. Requests run
+//! concurrently inside the actor; the mailbox only hands them out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use awc::error::{ConnectError, SendRequestError};
+use serde::Deserialize;
+
+use crate::error::ApiError;
+
+/// Longest upstream response body the proxy reads, in bytes. The counter
+/// reply is a few dozen bytes; anything near this limit is a fault.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// How the proxy reaches k_server.
+#[derive(Clone)]
+pub struct UpstreamSettings {
+    /// Base URL, such as `https://127.0.0.1:9443`.
+    pub base_url: String,
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Most connections kept open to k_server at once.
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+    /// Deadline for one whole request, connection included.
+    pub request_timeout: Duration,
+}
+
+pub struct UpstreamActor {
+    settings: UpstreamSettings,
+    client: awc::Client,
+    counter_url: String,
+}
+
+// Messages.
+
+/// Asks k_server for the next counter value.
+#[derive(Message)]
+#[rtype(result = "Result<u64, ApiError>")]
+pub struct IncrementCounter {
+    /// Request id of the proxy's incoming request, for k_server's logs.
+    pub request_id: String,
+}
+
+/// Checks that k_server answers its health endpoint.
+#[derive(Message)]
+#[rtype(result = "Result<(), ApiError>")]
+pub struct Probe;
+
+#[derive(Deserialize)]
+struct CounterReply {
+    ok: bool,
+    value: Option<u64>,
+}
+
+impl UpstreamActor {
+    pub fn new(settings: UpstreamSettings) -> Self {
+        let connector = awc::Connector::new()
+            .rustls_0_23(settings.tls.clone())
+            .timeout(settings.connect_timeout)
+            .handshake_timeout(settings.connect_timeout)
+            .limit(settings.pool_size)
+            .conn_keep_alive(Duration::from_secs(30));
+        let client = awc::Client::builder()
+            .connector(connector)
+            .timeout(settings.request_timeout)
+            .disable_redirects()
+            .finish();
+        let counter_url = format!("{}/resource/counter", settings.base_url.trim_end_matches('/'));
+        UpstreamActor {
+            settings,
+            client,
+            counter_url,
+        }
+    }
+}
+
+/// Maps a failed upstream request to the client-facing error: a deadline
+/// becomes 504, a refused or broken connection 502.
+fn send_error(url: &str, e: SendRequestError) -> ApiError {
+    match e {
+        SendRequestError::Timeout | SendRequestError::Connect(ConnectError::Timeout) => {
+            ApiError::UpstreamTimeout(format!("{url} did not answer in time"))
+        }
+        SendRequestError::Connect(e) => {
+            ApiError::UpstreamFailed(format!("cannot connect to {url}: {e}"))
+        }
+        other => ApiError::UpstreamFailed(format!("request to {url} failed: {other}")),
+    }
+}
+
+impl Actor for UpstreamActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Self::Context) {
+        tracing::info!(url = %self.settings.base_url, pool = self.settings.pool_size, "upstream link ready");
+    }
+}
+
+impl Handler<IncrementCounter> for UpstreamActor {
+    type Result = ResponseFuture<Result<u64, ApiError>>;
+
+    fn handle(&mut self, msg: IncrementCounter, _: &mut Self::Context) -> Self::Result {
+        let request = self
+            .client
+            .post(&self.counter_url)
+            .insert_header(("x-request-id", msg.request_id))
+            .send();
+        let url = self.counter_url.clone();
+        Box::pin(async move {
+            let mut response = request.await.map_err(|e| send_error(&url, e))?;
+            let status = response.status();
+            let body = response
+                .body()
+                .limit(MAX_RESPONSE_BYTES)
+                .await
+                .map_err(|e| ApiError::UpstreamFailed(format!("reading the reply of {url} failed: {e}")))?;
+            if status.as_u16() == 503 {
+                return Err(ApiError::UpstreamUnavailable(format!(
+                    "{url} answered 503; k_server is starting, stopping or overloaded"
+                )));
+            }
+            if !status.is_success() {
+                return Err(ApiError::UpstreamFailed(format!(
+                    "{url} answered {status}: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(200)])
+                )));
+            }
+            match serde_json::from_slice::<CounterReply>(&body) {
+                Ok(CounterReply {
+                    ok: true,
+                    value: Some(value),
+                }) => Ok(value),
+                Ok(_) => Err(ApiError::UpstreamFailed(format!(
+                    "{url} answered without a counter value"
+                ))),
+                Err(e) => Err(ApiError::UpstreamFailed(format!(
+                    "{url} answered with invalid JSON: {e}"
+                ))),
+            }
+        })
+    }
+}
+
+impl Handler<Probe> for UpstreamActor {
+    type Result = ResponseFuture<Result<(), ApiError>>;
+
+    fn handle(&mut self, _: Probe, _: &mut Self::Context) -> Self::Result {
+        let url = format!("{}/health", self.settings.base_url.trim_end_matches('/'));
+        let request = self.client.get(&url).send();
+        Box::pin(async move {
+            let response = request.await.map_err(|e| send_error(&url, e))?;
+            if response.status().is_success() {
+                Ok(())
+            } else {
+                Err(ApiError::UpstreamFailed(format!(
+                    "{url} answered {}",
+                    response.status()
+                )))
+            }
+        })
+    }
+}

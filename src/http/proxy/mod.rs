@@ -1,0 +1,234 @@
+//! The k_proxy role: starts the card, enrollment, session and upstream
+//! actors and serves the JSON API over TLS.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Actor;
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
+use actix_web::middleware::{from_fn, DefaultHeaders, Next};
+use actix_web::{web, App, HttpServer};
+use tokio::sync::broadcast;
+
+use crate::actors::card::{CardActor, CardSettings, EVENT_CAPACITY};
+use crate::actors::enrollments::EnrollmentsActor;
+use crate::actors::sessions::{SessionSettings, SessionsActor};
+use crate::actors::upstream::{UpstreamActor, UpstreamSettings};
+use crate::config::{ConfigError, ProxyConfig};
+use crate::ctap::device::Timing;
+use crate::ctap::sim::authenticator::SimAuthenticator;
+use crate::ctap::sim::engine::{Presence, SimCard, SimHandle};
+use crate::ctap::transport::{self, DeviceSpec};
+use crate::error::{ApiError, StartError};
+
+pub mod ceremony;
+pub mod routes;
+
+pub use routes::ProxyState;
+
+/// A started proxy. Awaiting `server` runs it until it is stopped.
+pub struct RunningProxy {
+    pub addr: SocketAddr,
+    pub server: Server,
+    pub card: actix::Addr<CardActor>,
+    /// The in-process simulated card, when `card.device` is `sim`; tests use
+    /// it to unplug and replug the card.
+    pub sim: Option<SimHandle>,
+}
+
+/// Response headers on every reply: no sniffing, no framing, no referrer,
+/// no caching of API answers.
+fn security_headers() -> DefaultHeaders {
+    DefaultHeaders::new()
+        .add(("X-Content-Type-Options", "nosniff"))
+        .add(("X-Frame-Options", "DENY"))
+        .add(("Referrer-Policy", "no-referrer"))
+        .add(("Cache-Control", "no-store"))
+        .add(("Strict-Transport-Security", "max-age=31536000"))
+        .add((
+            "Content-Security-Policy",
+            "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ))
+}
+
+/// Middleware: a state-changing request must come from the configured
+/// origin. Browsers send `Origin` and `Sec-Fetch-Site` on cross-site
+/// requests; command-line clients send neither and are let through, since
+/// they cannot carry a browser's cookie by accident.
+async fn same_origin(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let expected = req
+            .app_data::<web::Data<ProxyState>>()
+            .map(|s| s.rp.origin.clone())
+            .unwrap_or_default();
+        if let Some(origin) = req.headers().get("origin") {
+            if origin.as_bytes() != expected.as_bytes() {
+                return Err(ApiError::Forbidden(format!(
+                    "requests from origin {:?} are not accepted; use the portal at {expected}",
+                    String::from_utf8_lossy(origin.as_bytes())
+                ))
+                .into());
+            }
+        }
+        if let Some(site) = req.headers().get("sec-fetch-site") {
+            if !matches!(site.as_bytes(), b"same-origin" | b"none") {
+                return Err(ApiError::Forbidden(format!(
+                    "cross-site request ({}) rejected",
+                    String::from_utf8_lossy(site.as_bytes())
+                ))
+                .into());
+            }
+        }
+    }
+    next.call(req).await
+}
+
+fn bad_key(key: &str, message: impl Into<String>) -> StartError {
+    StartError::Config(ConfigError {
+        key: key.to_string(),
+        message: message.into(),
+    })
+}
+
+/// Starts the proxy's actors and binds its listener. Must run inside an
+/// actix system.
+pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
+    // TLS towards browsers and clients, and mutual TLS towards k_server.
+    let server_tls = crate::tls::server_config(&config.tls.cert, &config.tls.key, None)
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    let upstream_tls = crate::tls::client_config(
+        &config.upstream.ca,
+        Some((&config.upstream.client_cert, &config.upstream.client_key)),
+    )
+    .map_err(|e| StartError::Tls(e.to_string()))?;
+
+    // The card: a real one over hidraw or UDP, or the in-process simulator.
+    let spec: DeviceSpec = config
+        .card
+        .device
+        .parse()
+        .map_err(|e| bad_key("card.device", format!("{e}")))?;
+    let sim = match spec {
+        DeviceSpec::Sim => {
+            let presence: Presence = config
+                .card
+                .sim_presence
+                .parse()
+                .map_err(|e| bad_key("card.sim_presence", format!("{e}")))?;
+            let authenticator = SimAuthenticator::open(config.card.sim_state.as_deref()).map_err(|e| {
+                StartError::Io {
+                    what: "cannot open the simulated card's state".into(),
+                    source: e,
+                }
+            })?;
+            Some(SimCard::spawn(authenticator, presence))
+        }
+        _ => None,
+    };
+    let connector = transport::connector(&spec, sim.clone()).map_err(|e| bad_key("card.device", e.to_string()))?;
+    let (events, _) = broadcast::channel(EVENT_CAPACITY);
+    let timing = Timing {
+        idle_timeout: Duration::from_millis(config.card.idle_timeout_ms),
+        ..Timing::default()
+    };
+    let card = CardActor::new(
+        Arc::from(connector),
+        CardSettings {
+            confirm_timeout: Duration::from_secs(config.card.confirm_timeout_s),
+            queue_limit: config.card.queue_limit,
+            login_grace: Duration::from_millis(config.card.login_grace_ms),
+            reconnect_max_backoff: Duration::from_millis(config.card.reconnect_max_backoff_ms),
+            timing,
+        },
+        events.clone(),
+    )
+    .start_supervised();
+
+    // Stores and sessions.
+    let enrollments = EnrollmentsActor::start(config.store.path.clone()).map_err(|e| StartError::Store {
+        path: config.store.path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let sessions = SessionsActor::new(SessionSettings {
+        idle_timeout: Duration::from_secs(config.session.idle_timeout_s),
+        lifetime: Duration::from_secs(config.session.lifetime_s),
+        cleanup_interval: Duration::from_secs(config.session.cleanup_interval_s),
+    })
+    .start();
+    let upstream = UpstreamActor::new(UpstreamSettings {
+        base_url: config.upstream.url.clone(),
+        tls: Arc::new(upstream_tls),
+        pool_size: config.upstream.pool_size,
+        connect_timeout: Duration::from_millis(config.upstream.connect_timeout_ms),
+        request_timeout: Duration::from_millis(config.upstream.request_timeout_ms),
+    })
+    .start();
+
+    let state = web::Data::new(ProxyState {
+        sessions,
+        enrollments,
+        upstream,
+        card: card.clone(),
+        events,
+        rp: ceremony::RelyingParty::new(
+            config.webauthn.rp_id.clone(),
+            config.webauthn.rp_name.clone(),
+            config.webauthn.origin.clone(),
+            config.webauthn.user_verification,
+        ),
+        cookie_name: config.session.cookie_name.clone(),
+        session_lifetime: Duration::from_secs(config.session.lifetime_s),
+        next_operation: AtomicU64::new(1),
+    });
+
+    // The HTTP listener.
+    let listener = TcpListener::bind(config.listen).map_err(|e| StartError::Io {
+        what: format!("cannot listen on {} (config key `listen`)", config.listen),
+        source: e,
+    })?;
+    let addr = listener.local_addr().map_err(|e| StartError::Io {
+        what: "cannot read the bound address".into(),
+        source: e,
+    })?;
+    let http = config.http.clone();
+    let mut builder = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(crate::http::json_config(http.max_body_bytes))
+            .app_data(crate::http::query_config())
+            .wrap(from_fn(same_origin))
+            .wrap(security_headers())
+            .wrap(from_fn(crate::http::request_span))
+            .configure(routes::configure)
+            .default_service(web::to(crate::http::not_found))
+    })
+    .keep_alive(Duration::from_secs(config.http.keep_alive_s))
+    .client_request_timeout(Duration::from_millis(config.http.client_request_timeout_ms))
+    .shutdown_timeout(config.http.shutdown_timeout_s)
+    .max_connections(config.http.max_connections);
+    if config.http.workers > 0 {
+        builder = builder.workers(config.http.workers);
+    }
+    let server = builder
+        .listen_rustls_0_23(listener, server_tls)
+        .map_err(|e| StartError::Io {
+            what: format!("cannot serve TLS on {addr}"),
+            source: e,
+        })?
+        .run();
+    tracing::info!(%addr, upstream = %config.upstream.url, card = %config.card.device, "proxy listening");
+
+    Ok(RunningProxy {
+        addr,
+        server,
+        card,
+        sim,
+    })
+}

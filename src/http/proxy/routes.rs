@@ -1,0 +1,366 @@
+//! The proxy's JSON API.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use actix::Addr;
+use actix_web::cookie::{Cookie, SameSite};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::broadcast;
+
+use super::ceremony::{store_error, Ceremony, RelyingParty};
+use crate::actors::card::{CardActor, CardEvent, GetHealth};
+use crate::actors::enrollments::{Delete, EnrollmentsActor, List, Lookup, Update, User};
+use crate::actors::sessions::{self, SessionError, SessionInfo, SessionsActor};
+use crate::actors::upstream::{IncrementCounter, UpstreamActor};
+use crate::domain::{parse_display_name, Username};
+use crate::error::ApiError;
+use crate::http::RequestId;
+
+/// Everything the handlers share. Actors own the state; this holds their
+/// addresses and the settings read from config.
+pub struct ProxyState {
+    pub sessions: Addr<SessionsActor>,
+    pub enrollments: Addr<EnrollmentsActor>,
+    pub upstream: Addr<UpstreamActor>,
+    pub card: Addr<CardActor>,
+    pub events: broadcast::Sender<CardEvent>,
+    pub rp: RelyingParty,
+    pub cookie_name: String,
+    pub session_lifetime: Duration,
+    pub next_operation: AtomicU64,
+}
+
+type State = web::Data<ProxyState>;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health", web::get().to(health))
+        .route("/enroll/register", web::post().to(enroll_register))
+        .route("/enroll/status", web::get().to(enroll_status))
+        .route("/enroll/update", web::post().to(enroll_update))
+        .route("/enroll/delete", web::post().to(enroll_delete))
+        .route("/enroll/list", web::get().to(enroll_list))
+        .route("/session/login", web::post().to(session_login))
+        .route("/session/status", web::post().to(session_status))
+        .route("/session/logout", web::post().to(session_logout))
+        .route("/resource/counter", web::post().to(resource_counter));
+}
+
+fn mailbox(e: actix::MailboxError) -> ApiError {
+    ApiError::Unavailable(format!("an internal actor did not answer: {e}"))
+}
+
+/// RFC 3339 UTC time, as used in every JSON reply.
+pub fn rfc3339(time: SystemTime) -> String {
+    time::OffsetDateTime::from(time)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn session_json(info: &SessionInfo) -> serde_json::Value {
+    json!({ "username": info.username, "expires_at": rfc3339(info.expires_at) })
+}
+
+fn user_json(user: &User) -> serde_json::Value {
+    json!({
+        "username": user.username,
+        "display_name": user.display_name,
+        "created_at": rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(user.created_at)),
+        "updated_at": rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(user.updated_at)),
+        "credentials": user.credential_ids.len(),
+    })
+}
+
+/// Sets the cancel flag when dropped, so that a card operation is abandoned
+/// (and the card gets CTAPHID CANCEL) when the HTTP client goes away and
+/// actix-web drops the handler's future.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+impl ProxyState {
+    fn ceremony(&self, cancel: Arc<AtomicBool>) -> Ceremony<'_> {
+        Ceremony {
+            rp: &self.rp,
+            card: &self.card,
+            enrollments: &self.enrollments,
+            operation_id: self.next_operation.fetch_add(1, Ordering::Relaxed),
+            cancel,
+        }
+    }
+
+    /// The session token from `Authorization: Bearer` or, failing that, the
+    /// session cookie.
+    fn token(&self, req: &HttpRequest) -> Option<String> {
+        if let Some(value) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
+            let text = value.to_str().ok()?;
+            let token = text.strip_prefix("Bearer ").or_else(|| text.strip_prefix("bearer "))?;
+            return Some(token.trim().to_string());
+        }
+        req.cookie(&self.cookie_name).map(|c| c.value().to_string())
+    }
+
+    async fn session(&self, req: &HttpRequest) -> Result<(String, SessionInfo), ApiError> {
+        let token = self.token(req).ok_or_else(|| {
+            ApiError::Unauthorized(
+                "no session: send `Authorization: Bearer TOKEN` or the session cookie; log in first".into(),
+            )
+        })?;
+        let info = self
+            .sessions
+            .send(sessions::Validate {
+                token: token.clone(),
+            })
+            .await
+            .map_err(mailbox)?
+            .map_err(session_error)?;
+        Ok((token, info))
+    }
+
+    fn session_cookie(&self, token: &str) -> Cookie<'static> {
+        Cookie::build(self.cookie_name.clone(), token.to_string())
+            .path("/")
+            .http_only(true)
+            .secure(true)
+            .same_site(SameSite::Strict)
+            .max_age(actix_web::cookie::time::Duration::seconds(
+                i64::try_from(self.session_lifetime.as_secs()).unwrap_or(i64::MAX),
+            ))
+            .finish()
+    }
+
+    fn expired_cookie(&self) -> Cookie<'static> {
+        let mut cookie = self.session_cookie("");
+        cookie.make_removal();
+        cookie
+    }
+}
+
+fn session_error(e: SessionError) -> ApiError {
+    match e {
+        SessionError::Rng(_) => ApiError::Internal(e.to_string()),
+        _ => ApiError::Unauthorized(e.to_string()),
+    }
+}
+
+async fn health(state: State) -> Result<HttpResponse, ApiError> {
+    let card = state.card.send(GetHealth).await.map_err(mailbox)?;
+    let sessions = state.sessions.send(sessions::Count).await.map_err(mailbox)?;
+    Ok(HttpResponse::Ok().json(json!({
+        "ok": true,
+        "role": "proxy",
+        "card": card,
+        "sessions": sessions,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterBody {
+    username: String,
+    #[serde(default)]
+    display_name: Option<String>,
+}
+
+async fn enroll_register(state: State, body: web::Json<RegisterBody>) -> Result<HttpResponse, ApiError> {
+    let username = Username::parse(&body.username)?;
+    let display_name = parse_display_name(body.display_name.as_deref().unwrap_or(""))?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _guard = CancelOnDrop(cancel.clone());
+
+    let user = state.ceremony(cancel).enroll(username, display_name).await?;
+    Ok(HttpResponse::Ok().json(json!({ "ok": true, "user": user_json(&user) })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusQuery {
+    username: String,
+}
+
+async fn enroll_status(state: State, query: web::Query<StatusQuery>) -> Result<HttpResponse, ApiError> {
+    let username = Username::parse(&query.username)?;
+    let found = state
+        .enrollments
+        .send(Lookup {
+            username: username.clone(),
+        })
+        .await
+        .map_err(mailbox)?
+        .map_err(store_error)?;
+    Ok(HttpResponse::Ok().json(match found {
+        Some(enrollment) => json!({
+            "ok": true,
+            "username": username.as_str(),
+            "enrolled": true,
+            "user": user_json(&enrollment.user),
+        }),
+        None => json!({ "ok": true, "username": username.as_str(), "enrolled": false }),
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    /// Optional; when given it must be the session's user.
+    #[serde(default)]
+    username: Option<String>,
+    display_name: String,
+}
+
+/// Rejects a request that names another user than the session's.
+fn own_user(session: &SessionInfo, named: Option<&str>) -> Result<Username, ApiError> {
+    let own = Username::parse(&session.username)?;
+    if let Some(named) = named {
+        let named = Username::parse(named)?;
+        if named != own {
+            return Err(ApiError::Forbidden(format!(
+                "the session belongs to {own}, not {named}; log in as {named} to change that enrollment"
+            )));
+        }
+    }
+    Ok(own)
+}
+
+async fn enroll_update(state: State, req: HttpRequest, body: web::Json<UpdateBody>) -> Result<HttpResponse, ApiError> {
+    let (_, session) = state.session(&req).await?;
+    let username = own_user(&session, body.username.as_deref())?;
+    let display_name = parse_display_name(&body.display_name)?;
+    let user = state
+        .enrollments
+        .send(Update {
+            username,
+            display_name,
+        })
+        .await
+        .map_err(mailbox)?
+        .map_err(store_error)?;
+    Ok(HttpResponse::Ok().json(json!({ "ok": true, "user": user_json(&user) })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DeleteBody {
+    #[serde(default)]
+    username: Option<String>,
+}
+
+async fn enroll_delete(state: State, req: HttpRequest, body: Option<web::Json<DeleteBody>>) -> Result<HttpResponse, ApiError> {
+    let (_, session) = state.session(&req).await?;
+    let body = body.map(|b| b.into_inner()).unwrap_or_default();
+    let username = own_user(&session, body.username.as_deref())?;
+    let user = state
+        .enrollments
+        .send(Delete {
+            username: username.clone(),
+        })
+        .await
+        .map_err(mailbox)?
+        .map_err(store_error)?;
+    let ended = state
+        .sessions
+        .send(sessions::RevokeUser {
+            username: username.into_string(),
+        })
+        .await
+        .map_err(mailbox)?;
+    Ok(HttpResponse::Ok()
+        .cookie(state.expired_cookie())
+        .json(json!({ "ok": true, "deleted": user.username, "sessions_ended": ended })))
+}
+
+async fn enroll_list(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    state.session(&req).await?;
+    let users = state.enrollments.send(List).await.map_err(mailbox)?.map_err(store_error)?;
+    let users: Vec<_> = users.iter().map(user_json).collect();
+    Ok(HttpResponse::Ok().json(json!({ "ok": true, "users": users })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    username: String,
+}
+
+#[derive(Serialize)]
+struct LoginReply<'a> {
+    ok: bool,
+    username: &'a str,
+    session_token: &'a str,
+    expires_at: String,
+}
+
+async fn session_login(state: State, body: web::Json<LoginBody>) -> Result<HttpResponse, ApiError> {
+    let username = Username::parse(&body.username)?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _guard = CancelOnDrop(cancel.clone());
+
+    state.ceremony(cancel).login(&username).await?;
+
+    let issued = state
+        .sessions
+        .send(sessions::Create {
+            username: username.into_string(),
+        })
+        .await
+        .map_err(mailbox)?
+        .map_err(session_error)?;
+    Ok(HttpResponse::Ok()
+        .cookie(state.session_cookie(&issued.token))
+        .json(LoginReply {
+            ok: true,
+            username: &issued.info.username,
+            session_token: &issued.token,
+            expires_at: rfc3339(issued.info.expires_at),
+        }))
+}
+
+async fn session_status(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let (_, info) = state.session(&req).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "ok": true,
+        "username": info.username,
+        "expires_at": rfc3339(info.expires_at),
+    })))
+}
+
+async fn session_logout(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let token = state
+        .token(&req)
+        .ok_or_else(|| ApiError::Unauthorized("no session to log out of".into()))?;
+    let info = state
+        .sessions
+        .send(sessions::Logout { token })
+        .await
+        .map_err(mailbox)?
+        .map_err(session_error)?;
+    Ok(HttpResponse::Ok()
+        .cookie(state.expired_cookie())
+        .json(json!({ "ok": true, "logged_out": info.username })))
+}
+
+async fn resource_counter(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let (_, info) = state.session(&req).await?;
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|id| id.0.clone())
+        .unwrap_or_default();
+    let value = state
+        .upstream
+        .send(IncrementCounter { request_id })
+        .await
+        .map_err(mailbox)??;
+    Ok(HttpResponse::Ok().json(json!({
+        "ok": true,
+        "value": value,
+        "session": session_json(&info),
+    })))
+}
