@@ -4,5 +4,6 @@
 pub mod card;
 pub mod counter;
 pub mod enrollments;
+pub mod operations;
 pub mod sessions;
 pub mod upstream;

@@ -16,6 +16,7 @@ use tokio::sync::broadcast;
 
 use crate::actors::card::{CardActor, CardSettings, EVENT_CAPACITY};
 use crate::actors::enrollments::EnrollmentsActor;
+use crate::actors::operations::OperationsActor;
 use crate::actors::sessions::{SessionSettings, SessionsActor};
 use crate::actors::upstream::{UpstreamActor, UpstreamSettings};
 use crate::config::{ConfigError, ProxyConfig};
@@ -171,7 +172,10 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
     })
     .start();
 
+    let operations = OperationsActor::new(events.clone()).start();
+
     let state = web::Data::new(ProxyState {
+        operations,
         sessions,
         enrollments,
         upstream,

@@ -14,7 +14,8 @@ use tokio::sync::broadcast;
 use super::ceremony::{store_error, Ceremony, RelyingParty};
 use crate::actors::card::{CardActor, CardEvent, GetHealth};
 use crate::actors::enrollments::{Delete, EnrollmentsActor, List, Lookup, Update, User};
-use crate::actors::sessions::{self, SessionError, SessionInfo, SessionsActor};
+use crate::actors::operations::{self, OperationKind, OperationsActor, Outcome};
+use crate::actors::sessions::{self, IssuedSession, SessionError, SessionInfo, SessionsActor};
 use crate::actors::upstream::{IncrementCounter, UpstreamActor};
 use crate::domain::{parse_display_name, Username};
 use crate::error::ApiError;
@@ -27,6 +28,7 @@ pub struct ProxyState {
     pub enrollments: Addr<EnrollmentsActor>,
     pub upstream: Addr<UpstreamActor>,
     pub card: Addr<CardActor>,
+    pub operations: Addr<OperationsActor>,
     pub events: broadcast::Sender<CardEvent>,
     pub rp: RelyingParty,
     pub cookie_name: String,
@@ -46,7 +48,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/session/login", web::post().to(session_login))
         .route("/session/status", web::post().to(session_status))
         .route("/session/logout", web::post().to(session_logout))
-        .route("/resource/counter", web::post().to(resource_counter));
+        .route("/resource/counter", web::post().to(resource_counter))
+        .route("/op/enroll", web::post().to(op_enroll))
+        .route("/op/login", web::post().to(op_login))
+        .route("/op/{id}", web::get().to(op_poll))
+        .route("/op/{id}/cancel", web::post().to(op_cancel));
 }
 
 fn mailbox(e: actix::MailboxError) -> ApiError {
@@ -86,14 +92,28 @@ impl Drop for CancelOnDrop {
 }
 
 impl ProxyState {
-    fn ceremony(&self, cancel: Arc<AtomicBool>) -> Ceremony<'_> {
+    fn ceremony(&self, operation_id: u64, cancel: Arc<AtomicBool>) -> Ceremony<'_> {
         Ceremony {
             rp: &self.rp,
             card: &self.card,
             enrollments: &self.enrollments,
-            operation_id: self.next_operation.fetch_add(1, Ordering::Relaxed),
+            operation_id,
             cancel,
         }
+    }
+
+    fn next_operation_id(&self) -> u64 {
+        self.next_operation.fetch_add(1, Ordering::Relaxed)
+    }
+
+    async fn issue_session(&self, username: Username) -> Result<IssuedSession, ApiError> {
+        self.sessions
+            .send(sessions::Create {
+                username: username.into_string(),
+            })
+            .await
+            .map_err(mailbox)?
+            .map_err(session_error)
     }
 
     /// The session token from `Authorization: Bearer` or, failing that, the
@@ -175,7 +195,10 @@ async fn enroll_register(state: State, body: web::Json<RegisterBody>) -> Result<
     let cancel = Arc::new(AtomicBool::new(false));
     let _guard = CancelOnDrop(cancel.clone());
 
-    let user = state.ceremony(cancel).enroll(username, display_name).await?;
+    let user = state
+        .ceremony(state.next_operation_id(), cancel)
+        .enroll(username, display_name)
+        .await?;
     Ok(HttpResponse::Ok().json(json!({ "ok": true, "user": user_json(&user) })))
 }
 
@@ -302,16 +325,11 @@ async fn session_login(state: State, body: web::Json<LoginBody>) -> Result<HttpR
     let cancel = Arc::new(AtomicBool::new(false));
     let _guard = CancelOnDrop(cancel.clone());
 
-    state.ceremony(cancel).login(&username).await?;
-
-    let issued = state
-        .sessions
-        .send(sessions::Create {
-            username: username.into_string(),
-        })
-        .await
-        .map_err(mailbox)?
-        .map_err(session_error)?;
+    state
+        .ceremony(state.next_operation_id(), cancel)
+        .login(&username)
+        .await?;
+    let issued = state.issue_session(username).await?;
     Ok(HttpResponse::Ok()
         .cookie(state.session_cookie(&issued.token))
         .json(LoginReply {
@@ -363,4 +381,87 @@ async fn resource_counter(state: State, req: HttpRequest) -> Result<HttpResponse
         "value": value,
         "session": session_json(&info),
     })))
+}
+
+// Card ceremonies that the portal follows by polling: the request returns at
+// once with an operation id, and the ceremony runs on in the background.
+
+/// Registers an operation and runs `ceremony` for it in the background.
+async fn begin_operation<F, Fut>(state: State, kind: OperationKind, username: &Username, ceremony: F) -> Result<HttpResponse, ApiError>
+where
+    F: FnOnce(State, u64, Arc<AtomicBool>) -> Fut,
+    Fut: std::future::Future<Output = Result<Outcome, ApiError>> + 'static,
+{
+    let card_id = state.next_operation_id();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let id = state
+        .operations
+        .send(operations::Begin {
+            kind,
+            username: username.as_str().to_string(),
+            card_id,
+            cancel: cancel.clone(),
+        })
+        .await
+        .map_err(mailbox)??;
+
+    let operations = state.operations.clone();
+    let work = ceremony(state, card_id, cancel);
+    actix_rt::spawn(async move {
+        let outcome = work.await;
+        operations.do_send(operations::Finish { card_id, outcome });
+    });
+    Ok(HttpResponse::Accepted().json(json!({ "ok": true, "operation": id, "kind": kind, "state": "queued" })))
+}
+
+async fn op_enroll(state: State, body: web::Json<RegisterBody>) -> Result<HttpResponse, ApiError> {
+    let username = Username::parse(&body.username)?;
+    let display_name = parse_display_name(body.display_name.as_deref().unwrap_or(""))?;
+    let name = username.clone();
+    begin_operation(state, OperationKind::Enroll, &name, move |state, card_id, cancel| async move {
+        let user = state.ceremony(card_id, cancel).enroll(username, display_name).await?;
+        Ok(Outcome::Enrolled(json!({ "user": user_json(&user) })))
+    })
+    .await
+}
+
+async fn op_login(state: State, body: web::Json<LoginBody>) -> Result<HttpResponse, ApiError> {
+    let username = Username::parse(&body.username)?;
+    let name = username.clone();
+    begin_operation(state, OperationKind::Login, &name, move |state, card_id, cancel| async move {
+        state.ceremony(card_id, cancel).login(&username).await?;
+        let issued = state.issue_session(username).await?;
+        Ok(Outcome::LoggedIn {
+            summary: session_json(&issued.info),
+            token: Some(issued.token),
+        })
+    })
+    .await
+}
+
+async fn op_poll(state: State, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let view = state
+        .operations
+        .send(operations::Poll {
+            operation: id.into_inner(),
+        })
+        .await
+        .map_err(mailbox)?
+        .ok_or_else(|| ApiError::NotFound("the operation is unknown or expired; start the enrollment or login again".into()))?;
+    let mut response = HttpResponse::Ok();
+    if let Some(token) = &view.session_token {
+        response.cookie(state.session_cookie(token));
+    }
+    Ok(response.json(json!({ "ok": true, "operation": view })))
+}
+
+async fn op_cancel(state: State, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    state
+        .operations
+        .send(operations::Cancel {
+            operation: id.into_inner(),
+        })
+        .await
+        .map_err(mailbox)??;
+    Ok(HttpResponse::Ok().json(json!({ "ok": true, "cancelling": true })))
 }
