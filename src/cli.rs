@@ -45,6 +45,8 @@ pub enum Command {
     },
     /// Run the whole chain on loopback with a simulated card.
     Demo(DemoArgs),
+    /// Enroll, log in and call the counter through a proxy (the k_client tool).
+    Client(crate::client::ClientArgs),
 }
 
 #[derive(Debug, Args)]
@@ -120,6 +122,9 @@ pub fn main() -> ExitCode {
     };
     crate::telemetry::init(format);
 
+    if let Command::Client(args) = cli.command {
+        return crate::client::run(args);
+    }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -181,5 +186,6 @@ fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Demo(args) => crate::demo::run(&args.dir, args.port).map_err(|e| e.to_string()),
+        Command::Client(_) => unreachable!("handled before"),
     }
 }

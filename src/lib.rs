@@ -9,6 +9,7 @@
 pub mod actors;
 pub mod certs;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod ctap;
 pub mod demo;
