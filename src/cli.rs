@@ -47,6 +47,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Enroll, log in and call the counter through a proxy (the k_client tool).
     Client(crate::client::ClientArgs),
+    /// Send many protected counter calls through a proxy and check the values.
+    Loadtest(crate::loadtest::LoadtestArgs),
 }
 
 #[derive(Debug, Args)]
@@ -122,10 +124,13 @@ pub fn main() -> ExitCode {
     };
     crate::telemetry::init(format);
 
-    if let Command::Client(args) = cli.command {
-        return crate::client::run(args);
-    }
-    match run(cli.command) {
+    // These two print their own results and choose their own exit codes.
+    let command = match cli.command {
+        Command::Client(args) => return crate::client::run(args),
+        Command::Loadtest(args) => return crate::loadtest::main(args),
+        other => other,
+    };
+    match run(command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("cardgate: {message}");
@@ -186,6 +191,6 @@ fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Demo(args) => crate::demo::run(&args.dir, args.port).map_err(|e| e.to_string()),
-        Command::Client(_) => unreachable!("handled before"),
+        Command::Client(_) | Command::Loadtest(_) => Err("this command is run by `main`".into()),
     }
 }

@@ -16,6 +16,7 @@ pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod loadtest;
 pub mod rng;
 pub mod telemetry;
 pub mod tls;
