@@ -85,7 +85,7 @@ pub fn encode_into(value: &Value, out: &mut Vec<u8>) {
 
 /// Orders two encoded map keys as CTAP2 requires: by major type, then by
 /// encoded length, then bytewise.
-fn canonical_key_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+pub(crate) fn canonical_key_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     let major = |k: &[u8]| k.first().map(|b| b >> 5).unwrap_or(0);
     major(a)
         .cmp(&major(b))
@@ -110,6 +110,381 @@ fn write_head(major: u8, argument: u64, out: &mut Vec<u8>) {
     } else {
         out.push(m | 27);
         out.extend_from_slice(&argument.to_be_bytes());
+    }
+}
+
+// Decoding.
+//
+// Responses come from the card and are hostile input. They are decoded with
+// ciborium into `ciborium::Value`, which keeps map entries in wire order, so
+// duplicate keys and key order stay visible to the checks below. Responses
+// need not be canonical: non-minimal lengths and other deviations whose
+// meaning is unambiguous are accepted.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use ciborium::Value as Item;
+
+/// Maximum length in bytes of a CBOR message accepted for decoding: the
+/// largest CTAPHID message (57 bytes in the init frame plus 128
+/// continuation frames of 59 bytes).
+pub const MAX_MESSAGE_LEN: usize = 7609;
+
+/// Maximum nesting depth of arrays, maps and tags accepted for decoding.
+/// CTAP2 responses nest at most four levels deep; the limit bounds the
+/// decoder's recursion.
+pub const MAX_NESTING: usize = 16;
+
+/// What `found` says when a required key is absent.
+const FOUND_NOTHING: &str = "nothing";
+
+/// A CTAP2 structure that could not be decoded: which structure and field
+/// failed, what was expected and what was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    /// The structure being decoded, for example `authenticatorData`.
+    pub structure: &'static str,
+    /// The field inside the structure, for example `rp.id`; empty when the
+    /// structure as a whole failed.
+    pub field: String,
+    pub expected: String,
+    pub found: String,
+}
+
+impl ParseError {
+    pub fn new(
+        structure: &'static str,
+        field: impl Into<String>,
+        expected: impl Into<String>,
+        found: impl Into<String>,
+    ) -> Self {
+        ParseError {
+            structure,
+            field: field.into(),
+            expected: expected.into(),
+            found: found.into(),
+        }
+    }
+
+    /// Builds the error for a required field that is absent.
+    pub fn missing(structure: &'static str, field: impl Into<String>, expected: &str) -> Self {
+        ParseError::new(structure, field, expected, FOUND_NOTHING)
+    }
+
+    /// Returns whether the error is a required field that is absent.
+    pub fn is_missing(&self) -> bool {
+        self.found == FOUND_NOTHING
+    }
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}", self.structure)?;
+        } else {
+            write!(f, "{}.{}", self.structure, self.field)?;
+        }
+        write!(f, ": expected {}, found {}", self.expected, self.found)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// Decodes `bytes` as exactly one CBOR data item; bytes left after it are
+/// an error.
+pub fn decode(structure: &'static str, bytes: &[u8]) -> Result<Item, ParseError> {
+    let (item, consumed) = decode_prefix(structure, bytes)?;
+    let left = bytes.len().saturating_sub(consumed);
+    if left != 0 {
+        return Err(ParseError::new(
+            structure,
+            "",
+            "exactly one CBOR data item",
+            format!("{left} bytes after it"),
+        ));
+    }
+    Ok(item)
+}
+
+/// Decodes the CBOR data item at the start of `bytes` and returns it with
+/// the number of bytes it occupies. authenticatorData needs this because
+/// the extensions follow the credential public key without a length.
+pub fn decode_prefix(structure: &'static str, bytes: &[u8]) -> Result<(Item, usize), ParseError> {
+    if bytes.len() > MAX_MESSAGE_LEN {
+        return Err(ParseError::new(
+            structure,
+            "",
+            format!("at most {MAX_MESSAGE_LEN} bytes of CBOR"),
+            format!("{} bytes", bytes.len()),
+        ));
+    }
+
+    let mut rest = bytes;
+    let decoded = ciborium::de::from_reader_with_recursion_limit::<Item, _>(&mut rest, MAX_NESTING);
+    let item = decoded.map_err(|error| {
+        let found = match error {
+            ciborium::de::Error::Io(_) => format!("the input ends after {} bytes", bytes.len()),
+            ciborium::de::Error::Syntax(offset) => format!("malformed CBOR at byte {offset}"),
+            ciborium::de::Error::Semantic(_, message) => message,
+            ciborium::de::Error::RecursionLimitExceeded => {
+                format!("more than {MAX_NESTING} levels of nesting")
+            }
+        };
+        ParseError::new(structure, "", "a well-formed CBOR data item", found)
+    })?;
+    Ok((item, bytes.len() - rest.len()))
+}
+
+/// Describes a decoded item for the `found` part of an error message.
+pub fn describe(item: &Item) -> String {
+    match item {
+        Item::Integer(n) => format!("integer {}", i128::from(*n)),
+        Item::Bytes(b) => format!("a byte string of {} bytes", b.len()),
+        Item::Text(t) if t.chars().count() > 40 => {
+            let start: String = t.chars().take(40).collect();
+            format!("text \"{start}...\"")
+        }
+        Item::Text(t) => format!("text \"{t}\""),
+        Item::Bool(b) => format!("{b}"),
+        Item::Null => "null".to_string(),
+        Item::Float(x) => format!("float {x}"),
+        Item::Tag(tag, _) => format!("an item with tag {tag}"),
+        Item::Array(items) => format!("an array of {} items", items.len()),
+        Item::Map(entries) => format!("a map of {} entries", entries.len()),
+        _ => "an unsupported CBOR item".to_string(),
+    }
+}
+
+/// A decoded CBOR item and the name of the field it was read from, with
+/// typed accessors whose errors name that field.
+#[derive(Debug, Clone)]
+pub struct Field<'a> {
+    structure: &'static str,
+    name: String,
+    item: &'a Item,
+}
+
+/// A decoded CBOR map with integer and text keys. Construction rejects
+/// duplicate keys. Keys of other types are ignored.
+#[derive(Debug)]
+pub struct MapView<'a> {
+    structure: &'static str,
+    path: String,
+    by_int: BTreeMap<i128, &'a Item>,
+    by_text: BTreeMap<&'a str, &'a Item>,
+    entries: &'a [(Item, Item)],
+}
+
+impl<'a> Field<'a> {
+    pub fn new(structure: &'static str, name: impl Into<String>, item: &'a Item) -> Self {
+        Field {
+            structure,
+            name: name.into(),
+            item,
+        }
+    }
+
+    /// The field's name as errors show it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn item(&self) -> &'a Item {
+        self.item
+    }
+
+    /// Builds the error for this field holding something unexpected.
+    pub fn unexpected(&self, expected: impl Into<String>) -> ParseError {
+        ParseError::new(
+            self.structure,
+            self.name.clone(),
+            expected,
+            describe(self.item),
+        )
+    }
+
+    pub fn bytes(&self) -> Result<&'a [u8], ParseError> {
+        match self.item {
+            Item::Bytes(b) => Ok(b),
+            _ => Err(self.unexpected("a byte string")),
+        }
+    }
+
+    /// Reads a byte string of exactly `N` bytes.
+    pub fn byte_array<const N: usize>(&self) -> Result<[u8; N], ParseError> {
+        let bytes = self.bytes()?;
+        <[u8; N]>::try_from(bytes)
+            .map_err(|_| self.unexpected(format!("a byte string of {N} bytes")))
+    }
+
+    pub fn text(&self) -> Result<&'a str, ParseError> {
+        match self.item {
+            Item::Text(t) => Ok(t),
+            _ => Err(self.unexpected("a text string")),
+        }
+    }
+
+    /// Reads an unsigned integer.
+    pub fn uint(&self) -> Result<u64, ParseError> {
+        match self.item {
+            Item::Integer(n) => {
+                u64::try_from(i128::from(*n)).map_err(|_| self.unexpected("an unsigned integer"))
+            }
+            _ => Err(self.unexpected("an unsigned integer")),
+        }
+    }
+
+    /// Reads an integer in the range of `i64`.
+    pub fn int(&self) -> Result<i64, ParseError> {
+        match self.item {
+            Item::Integer(n) => i64::try_from(i128::from(*n))
+                .map_err(|_| self.unexpected("an integer in the 64-bit signed range")),
+            _ => Err(self.unexpected("an integer")),
+        }
+    }
+
+    pub fn boolean(&self) -> Result<bool, ParseError> {
+        match self.item {
+            Item::Bool(b) => Ok(*b),
+            _ => Err(self.unexpected("true or false")),
+        }
+    }
+
+    /// Reads an array; each element is named `NAME[i]` in errors.
+    pub fn array(&self) -> Result<Vec<Field<'a>>, ParseError> {
+        match self.item {
+            Item::Array(items) => Ok(items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| Field::new(self.structure, format!("{}[{i}]", self.name), item))
+                .collect()),
+            _ => Err(self.unexpected("an array")),
+        }
+    }
+
+    /// Reads an array of text strings.
+    pub fn text_array(&self) -> Result<Vec<String>, ParseError> {
+        self.array()?
+            .iter()
+            .map(|item| item.text().map(str::to_string))
+            .collect()
+    }
+
+    /// Reads a map; its fields are named `NAME.KEY` in errors.
+    pub fn map(&self) -> Result<MapView<'a>, ParseError> {
+        MapView::new(self.structure, &self.name, self.item)
+    }
+}
+
+impl<'a> MapView<'a> {
+    /// Checks that `item` is a map without duplicate keys. `path` names the
+    /// map inside `structure` and prefixes the names of its fields; it is
+    /// empty for the top-level map.
+    pub fn new(structure: &'static str, path: &str, item: &'a Item) -> Result<Self, ParseError> {
+        let Item::Map(entries) = item else {
+            return Err(ParseError::new(structure, path, "a map", describe(item)));
+        };
+
+        let mut view = MapView {
+            structure,
+            path: path.to_string(),
+            by_int: BTreeMap::new(),
+            by_text: BTreeMap::new(),
+            entries,
+        };
+        for (key, value) in entries {
+            let duplicate = match key {
+                Item::Integer(n) => view.by_int.insert(i128::from(*n), value).is_some(),
+                Item::Text(t) => view.by_text.insert(t.as_str(), value).is_some(),
+                _ => false,
+            };
+            if duplicate {
+                return Err(ParseError::new(
+                    structure,
+                    path,
+                    "a map without duplicate keys",
+                    format!("key {} twice", describe(key)),
+                ));
+            }
+        }
+        Ok(view)
+    }
+
+    /// The entries in wire order.
+    pub fn entries(&self) -> &'a [(Item, Item)] {
+        self.entries
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The full name of the field `name` of this map, as errors show it.
+    pub fn field_name(&self, name: &str) -> String {
+        if self.path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.path)
+        }
+    }
+
+    /// Builds the error for a required field of this map that is absent.
+    pub fn missing(&self, name: &str, expected: &str) -> ParseError {
+        ParseError::missing(self.structure, self.field_name(name), expected)
+    }
+
+    /// Builds an error about the field `name` of this map.
+    pub fn error(
+        &self,
+        name: &str,
+        expected: impl Into<String>,
+        found: impl Into<String>,
+    ) -> ParseError {
+        ParseError::new(self.structure, self.field_name(name), expected, found)
+    }
+
+    /// Looks up an integer key.
+    pub fn int_key(&self, key: i64) -> Option<&'a Item> {
+        self.by_int.get(&i128::from(key)).copied()
+    }
+
+    /// Looks up a text key.
+    pub fn text_key(&self, key: &str) -> Option<&'a Item> {
+        self.by_text.get(key).copied()
+    }
+
+    /// The integer keys present, in ascending order.
+    pub fn int_keys(&self) -> impl Iterator<Item = i128> + '_ {
+        self.by_int.keys().copied()
+    }
+
+    /// The value of integer key `key`, named `name` in errors.
+    pub fn optional(&self, key: i64, name: &str) -> Option<Field<'a>> {
+        self.int_key(key)
+            .map(|item| Field::new(self.structure, self.field_name(name), item))
+    }
+
+    /// The value of integer key `key`, which must be present.
+    pub fn required(&self, key: i64, name: &str) -> Result<Field<'a>, ParseError> {
+        self.optional(key, name)
+            .ok_or_else(|| self.missing(name, &format!("key {key}")))
+    }
+
+    /// The value of text key `key`.
+    pub fn optional_text(&self, key: &str) -> Option<Field<'a>> {
+        self.text_key(key)
+            .map(|item| Field::new(self.structure, self.field_name(key), item))
+    }
+
+    /// The value of text key `key`, which must be present.
+    pub fn required_text(&self, key: &str) -> Result<Field<'a>, ParseError> {
+        self.optional_text(key)
+            .ok_or_else(|| self.missing(key, &format!("key \"{key}\"")))
     }
 }
 
