@@ -2,7 +2,7 @@
 //! device bytes in `tests/data/ctap-vectors.json`.
 //!
 //! Every vector of a CTAP2 kind must parse, verify or fail exactly as its
-//! `expected` object says; the decoded fields are compared one by one.
+//! `expected` object states, and the decoded fields are compared one by one.
 //! CTAPHID frame vectors are tested with the framing code, except for the
 //! CBOR payloads they carry, which two tests at the end parse here.
 
@@ -126,11 +126,11 @@ fn check_auth_data(vector: &str, expected: &Json, parsed: &AuthenticatorData) {
     }
 
     match (&parsed.extensions, expected.get("extensions")) {
-        (Some(extensions), Some(wanted)) => {
-            assert_eq!(&cbor_to_json(extensions), wanted, "{vector}: extensions")
+        (Some(extensions), Some(expected)) => {
+            assert_eq!(&cbor_to_json(extensions), expected, "{vector}: extensions")
         }
         (None, None) => {}
-        (found, wanted) => panic!("{vector}: extensions {found:?}, expected {wanted:?}"),
+        (found, expected) => panic!("{vector}: extensions {found:?}, expected {expected:?}"),
     }
 }
 
@@ -151,7 +151,7 @@ fn cbor_to_json(value: &ciborium::Value) -> Json {
     }
 }
 
-/// The subject and issuer of a DER certificate as RFC 4514 strings.
+/// Returns the subject and issuer of a DER certificate as RFC 4514 strings.
 fn subject_and_issuer(der: &[u8]) -> [String; 2] {
     let (_, certificate) = x509_parser::parse_x509_certificate(der).expect("certificate");
     [
@@ -288,10 +288,10 @@ fn make_credential_responses_match_expected_fields() {
         };
         assert_eq!(*alg, -7, "{vector_name}: alg");
         assert!(!sig.is_empty(), "{vector_name}: sig");
-        let wanted_names = string_list(&expected["x5c_subject_issuer"]);
+        let expected_names = string_list(&expected["x5c_subject_issuer"]);
         assert_eq!(
             subject_and_issuer(&x5c[0]).to_vec(),
-            wanted_names,
+            expected_names,
             "{vector_name}: x5c[0] subject and issuer"
         );
 
@@ -311,7 +311,7 @@ fn make_credential_responses_match_expected_fields() {
                 assert_eq!(
                     result,
                     Ok(AttestationType::Certificate {
-                        subject: wanted_names[0].clone()
+                        subject: expected_names[0].clone()
                     }),
                     "{vector_name}: attestation"
                 );
@@ -542,14 +542,14 @@ fn negative_auth_data_vectors_are_rejected() {
             AuthenticatorData::parse(&raw).expect_err(&format!("{vector_name}: must be rejected"));
 
         let reason = expected["reason"].as_str().unwrap();
-        let wanted = if reason.contains("duplicate") {
+        let expected_error = if reason.contains("duplicate") {
             "a map without duplicate keys"
         } else if reason.contains("canonical order") {
             "keys in CTAP2 canonical order"
         } else {
             panic!("{vector_name}: no check for reason {reason:?}");
         };
-        assert_eq!(error.expected, wanted, "{vector_name}: {error}");
+        assert_eq!(error.expected, expected_error, "{vector_name}: {error}");
         assert!(error.field.starts_with("credentialPublicKey"), "{error}");
     }
 }
@@ -617,4 +617,63 @@ fn mixed_cid_payload_parses_as_assertion() {
         &response.auth_data,
     );
     assert_eq!(hex::encode(response.signature), expected["signature_hex"]);
+}
+
+/// A response from the vectors file: its vector name, its bytes and a
+/// function that returns whether the parser for its kind accepts bytes.
+type Response = (String, Vec<u8>, fn(&[u8]) -> bool);
+
+/// Returns every response in the vectors file with the parser for its kind.
+fn responses() -> Vec<Response> {
+    let mut responses: Vec<Response> = Vec::new();
+    for vector in vectors() {
+        let vector_name = name(&vector).to_string();
+        let parser: fn(&[u8]) -> bool = match vector["kind"].as_str().unwrap() {
+            "getInfo_response" => |bytes| GetInfo::parse(bytes).is_ok(),
+            "makeCredential_response" => |bytes| MakeCredentialResponse::parse(bytes).is_ok(),
+            "getAssertion_response" => |bytes| GetAssertionResponse::parse(bytes).is_ok(),
+            "attestation_object" => {
+                |bytes| MakeCredentialResponse::parse_attestation_object(bytes).is_ok()
+            }
+            _ => continue,
+        };
+        let field = vector
+            .get("cbor_hex")
+            .or_else(|| vector.get("attestation_object_hex"))
+            .expect("response bytes");
+        responses.push((vector_name, hex_field(field), parser));
+    }
+    assert!(responses.len() >= 8, "found {} responses", responses.len());
+    responses
+}
+
+#[test]
+fn truncated_responses_are_rejected() {
+    for (vector_name, bytes, parses) in responses() {
+        assert!(
+            parses(&bytes),
+            "{vector_name}: the full response must parse"
+        );
+        for len in 0..bytes.len() {
+            assert!(
+                !parses(&bytes[..len]),
+                "{vector_name}: prefix of {len} bytes parsed"
+            );
+        }
+    }
+}
+
+#[test]
+fn corrupted_responses_do_not_panic() {
+    // Every single-bit change of every byte is parsed; the test fails only
+    // if a parser panics.
+    for (_, bytes, parses) in responses() {
+        for position in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut corrupted = bytes.clone();
+                corrupted[position] ^= 1 << bit;
+                let _ = parses(&corrupted);
+            }
+        }
+    }
 }

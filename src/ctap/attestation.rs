@@ -24,7 +24,7 @@ const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
 /// OID of the P-256 curve (prime256v1).
 const OID_P256: &str = "1.2.840.10045.3.1.7";
 
-/// What kind of attestation a statement carried, once verified.
+/// The kind of attestation a verified statement carried.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttestationType {
     /// Format `none`: the card made no statement.
@@ -38,7 +38,7 @@ pub enum AttestationType {
     },
 }
 
-/// Why an attestation statement did not verify.
+/// The reason an attestation statement did not verify.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AttestationError {
     #[error(

@@ -136,7 +136,7 @@ pub const MAX_MESSAGE_LEN: usize = 7609;
 /// decoder's recursion.
 pub const MAX_NESTING: usize = 16;
 
-/// What `found` says when a required key is absent.
+/// The `found` text of an error for a required key that is absent.
 const FOUND_NOTHING: &str = "nothing";
 
 /// A CTAP2 structure that could not be decoded: which structure and field
@@ -285,7 +285,7 @@ impl<'a> Field<'a> {
         }
     }
 
-    /// The field's name as errors show it.
+    /// Returns the field's name as errors show it.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -411,7 +411,7 @@ impl<'a> MapView<'a> {
         Ok(view)
     }
 
-    /// The entries in wire order.
+    /// Returns the entries in wire order.
     pub fn entries(&self) -> &'a [(Item, Item)] {
         self.entries
     }
@@ -424,7 +424,7 @@ impl<'a> MapView<'a> {
         self.entries.is_empty()
     }
 
-    /// The full name of the field `name` of this map, as errors show it.
+    /// Returns the full name of the field `name` of this map, as errors show it.
     pub fn field_name(&self, name: &str) -> String {
         if self.path.is_empty() {
             name.to_string()
@@ -458,30 +458,30 @@ impl<'a> MapView<'a> {
         self.by_text.get(key).copied()
     }
 
-    /// The integer keys present, in ascending order.
+    /// Returns the integer keys present, in ascending order.
     pub fn int_keys(&self) -> impl Iterator<Item = i128> + '_ {
         self.by_int.keys().copied()
     }
 
-    /// The value of integer key `key`, named `name` in errors.
+    /// Returns the value of integer key `key`, named `name` in errors.
     pub fn optional(&self, key: i64, name: &str) -> Option<Field<'a>> {
         self.int_key(key)
             .map(|item| Field::new(self.structure, self.field_name(name), item))
     }
 
-    /// The value of integer key `key`, which must be present.
+    /// Returns the value of integer key `key`, which must be present.
     pub fn required(&self, key: i64, name: &str) -> Result<Field<'a>, ParseError> {
         self.optional(key, name)
             .ok_or_else(|| self.missing(name, &format!("key {key}")))
     }
 
-    /// The value of text key `key`.
+    /// Returns the value of text key `key`.
     pub fn optional_text(&self, key: &str) -> Option<Field<'a>> {
         self.text_key(key)
             .map(|item| Field::new(self.structure, self.field_name(key), item))
     }
 
-    /// The value of text key `key`, which must be present.
+    /// Returns the value of text key `key`, which must be present.
     pub fn required_text(&self, key: &str) -> Result<Field<'a>, ParseError> {
         self.optional_text(key)
             .ok_or_else(|| self.missing(key, &format!("key \"{key}\"")))
@@ -548,5 +548,103 @@ mod tests {
         let value = Value::Array(vec![Value::Bool(true), Value::Bool(false)]);
         assert_eq!(encode(&value), [0x82, 0xf5, 0xf4]);
         assert_eq!(encode(&Value::bytes(vec![0xaa; 2])), [0x42, 0xaa, 0xaa]);
+    }
+
+    #[test]
+    fn decode_rejects_trailing_bytes() {
+        let error = decode("test", &[0xa0, 0x00]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "test: expected exactly one CBOR data item, found 1 bytes after it"
+        );
+    }
+
+    #[test]
+    fn decode_rejects_truncated_item() {
+        let error = decode("test", &[0x43, 0x01, 0x02]).unwrap_err();
+        assert_eq!(error.expected, "a well-formed CBOR data item");
+        assert_eq!(error.found, "the input ends after 3 bytes");
+    }
+
+    #[test]
+    fn decode_rejects_deep_nesting() {
+        let mut nested = vec![0x81; MAX_NESTING];
+        nested.push(0x00);
+        assert!(decode("test", &nested).is_ok());
+
+        let mut too_deep = vec![0x81; MAX_NESTING + 1];
+        too_deep.push(0x00);
+        let error = decode("test", &too_deep).unwrap_err();
+        assert_eq!(
+            error.found,
+            format!("more than {MAX_NESTING} levels of nesting")
+        );
+    }
+
+    #[test]
+    fn decode_rejects_oversized_input() {
+        let mut big = vec![0x5a, 0x00, 0x00, 0x1d, 0xb6];
+        big.resize(5 + MAX_MESSAGE_LEN, 0);
+        let error = decode("test", &big).unwrap_err();
+        assert_eq!(error.found, format!("{} bytes", MAX_MESSAGE_LEN + 5));
+    }
+
+    #[test]
+    fn decode_rejects_length_beyond_input() {
+        // A byte string that claims 2^32 - 1 bytes but has two.
+        let error = decode("test", &[0x5a, 0xff, 0xff, 0xff, 0xff, 0x01, 0x02]).unwrap_err();
+        assert_eq!(error.expected, "a well-formed CBOR data item");
+    }
+
+    #[test]
+    fn decode_accepts_non_minimal_length() {
+        let item = decode("test", &[0x59, 0x00, 0x01, 0xaa]).unwrap();
+        assert_eq!(item, Item::Bytes(vec![0xaa]));
+    }
+
+    #[test]
+    fn decode_prefix_returns_consumed_length() {
+        let (item, consumed) = decode_prefix("test", &[0x82, 0x01, 0x02, 0xff]).unwrap();
+        assert_eq!(consumed, 3);
+        assert!(matches!(item, Item::Array(ref items) if items.len() == 2));
+    }
+
+    #[test]
+    fn map_view_rejects_duplicate_text_key() {
+        // {"a": 1, "a": 2}
+        let item = decode("test", &[0xa2, 0x61, 0x61, 0x01, 0x61, 0x61, 0x02]).unwrap();
+        let error = MapView::new("test", "options", &item).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "test.options: expected a map without duplicate keys, found key text \"a\" twice"
+        );
+    }
+
+    #[test]
+    fn map_view_reports_missing_and_mistyped_keys() {
+        // {1: "x"}
+        let item = decode("test", &[0xa1, 0x01, 0x61, 0x78]).unwrap();
+        let map = MapView::new("test", "", &item).unwrap();
+
+        let missing = map.required(2, "authData").unwrap_err();
+        assert!(missing.is_missing());
+        assert_eq!(
+            missing.to_string(),
+            "test.authData: expected key 2, found nothing"
+        );
+
+        let mistyped = map.required(1, "fmt").unwrap().bytes().unwrap_err();
+        assert!(!mistyped.is_missing());
+        assert_eq!(
+            mistyped.to_string(),
+            "test.fmt: expected a byte string, found text \"x\""
+        );
+    }
+
+    #[test]
+    fn uint_rejects_negative_integer() {
+        let item = decode("test", &[0x20]).unwrap();
+        let error = Field::new("test", "count", &item).uint().unwrap_err();
+        assert_eq!(error.found, "integer -1");
     }
 }

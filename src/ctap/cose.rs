@@ -165,17 +165,17 @@ fn expect_value(
     map: &MapView<'_>,
     name: &str,
     found: i64,
-    wanted: i64,
+    expected: i64,
     describe: fn(i64) -> Option<&'static str>,
 ) -> Result<(), ParseError> {
-    if found == wanted {
+    if found == expected {
         return Ok(());
     }
     let label = |value: i64| match describe(value) {
         Some(meaning) => format!("{value} ({meaning})"),
         None => value.to_string(),
     };
-    Err(map.error(name, label(wanted), label(found)))
+    Err(map.error(name, label(expected), label(found)))
 }
 
 fn kty_name(kty: i64) -> Option<&'static str> {

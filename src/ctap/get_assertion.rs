@@ -1,7 +1,7 @@
 //! authenticatorGetAssertion (0x02): sign a challenge with a credential.
 //!
 //! cardgate sends the rp id, the client data hash, the allowList of
-//! credential ids and, when user verification is wanted, the option
+//! credential ids and, when user verification is requested, the option
 //! `"uv": true`. Without uv it leaves the options map out, so the card
 //! applies its default of user presence only.
 
@@ -224,7 +224,7 @@ mod tests {
         }
     }
 
-    /// The canonical request without uv, written out by hand:
+    /// Returns the canonical request without uv, written out by hand:
     /// 02 command, a3 map of 3,
     /// 01 63 612e62 rpId "a.b",
     /// 02 5820 <32 x 22> clientDataHash,

@@ -1,8 +1,8 @@
 //! authenticatorGetInfo (0x04): what a card supports.
 //!
-//! The request has no parameters. The response is a map with integer keys;
-//! keys this parser does not know are ignored, because newer cards add
-//! keys (CTAP 2.1 defines keys up to 0x18 and later versions more).
+//! The request has no parameters. The response is a map with integer keys.
+//! Keys this parser does not know are ignored, because newer CTAP versions
+//! keep adding keys.
 
 use std::collections::BTreeMap;
 
@@ -48,13 +48,13 @@ pub struct GetInfo {
     pub max_msg_size: Option<u64>,
     pub pin_uv_auth_protocols: Option<Vec<u64>>,
     pub max_credential_count_in_list: Option<u64>,
-    /// Longest credential id the card accepts, in bytes.
+    /// Maximum credential id length the card accepts, in bytes.
     pub max_credential_id_length: Option<u64>,
     pub transports: Option<Vec<String>>,
     pub algorithms: Option<Vec<PublicKeyCredentialParameters>>,
 }
 
-/// How cardgate asks a card for user verification.
+/// The way cardgate requests user verification from a card.
 ///
 /// cardgate only uses the card's built-in user verification (the `uv`
 /// option). It never uses a PIN/UV auth protocol or authenticatorClientPIN,
@@ -180,7 +180,7 @@ impl GetInfo {
         cbor::encode(&Value::Map(entries))
     }
 
-    /// The getInfo response of the ChromeCard: CTAP 2.0 only, options
+    /// Returns the getInfo response of the ChromeCard: CTAP 2.0 only, options
     /// rk=false, up=true, uv=true (its Yes/No buttons), maxMsgSize 1024, no
     /// clientPin, no PIN/UV auth protocols and no extensions.
     pub fn chromecard() -> GetInfo {
@@ -208,7 +208,7 @@ impl GetInfo {
         self.options.get("uv") == Some(&true)
     }
 
-    /// Returns how cardgate asks this card for user verification.
+    /// Returns how cardgate requests user verification from this card.
     pub fn uv_request(&self) -> UvRequest {
         if self.uv_supported() {
             UvRequest::UvOption

@@ -2,7 +2,7 @@
 //!
 //! cardgate sends only what the ChromeCard needs: the client data hash,
 //! rp, user, ES256 as the one algorithm, an optional excludeList and, when
-//! user verification is wanted, the option `"uv": true`. It never sends
+//! user verification is requested, the option `"uv": true`. It never sends
 //! `rk`, `up`, pinUvAuthParam or pinUvAuthProtocol.
 
 use std::collections::BTreeMap;
@@ -349,8 +349,8 @@ impl AttestationStatement {
         }
     }
 
-    /// The attStmt map. For [`AttestationStatement::Other`] it is empty
-    /// because the statement was not kept.
+    /// Returns the attStmt map. For [`AttestationStatement::Other`] it is
+    /// empty because the statement was not kept.
     pub fn to_value(&self) -> Value {
         let certificates = |x5c: &[Vec<u8>]| {
             Value::Array(
@@ -399,12 +399,13 @@ fn optional_text(map: &MapView<'_>, key: &str) -> Result<String, ParseError> {
     })
 }
 
-/// The options map `{"uv": true}`.
+/// Returns the options map `{"uv": true}`.
 pub(crate) fn uv_option() -> Value {
     Value::Map(vec![(Value::text("uv"), Value::Bool(true))])
 }
 
-/// A PublicKeyCredentialDescriptor `{"id": ..., "type": "public-key"}`.
+/// Returns the PublicKeyCredentialDescriptor
+/// `{"id": ..., "type": "public-key"}`.
 pub(crate) fn descriptor_value(id: &[u8]) -> Value {
     Value::Map(vec![
         (Value::text("id"), Value::bytes(id)),
@@ -417,7 +418,8 @@ pub(crate) fn descriptor_list_value(ids: &[Vec<u8>]) -> Value {
 }
 
 /// Parses a PublicKeyCredentialDescriptor and returns its id, or `None`
-/// for a type other than `public-key`, which CTAP2 says to skip.
+/// for another credential type, which is skipped because `public-key` is
+/// the only type cardgate and the card use.
 pub(crate) fn parse_descriptor(field: &Field<'_>) -> Result<Option<Vec<u8>>, ParseError> {
     let map = field.map()?;
     let credential_type = map.required_text("type")?.text()?;
@@ -466,7 +468,7 @@ mod tests {
         }
     }
 
-    /// The canonical request without uv, written out by hand:
+    /// Returns the canonical request without uv, written out by hand:
     /// 01 command, a4 map of 4,
     /// 01 5820 <32 x 11> clientDataHash,
     /// 02 a2 6269 64 63 612e62 646e616d65 624142  rp {id: "a.b", name: "AB"},

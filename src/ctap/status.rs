@@ -30,7 +30,7 @@ macro_rules! ctap_statuses {
         }
 
         impl CtapStatus {
-            /// The status byte.
+            /// Returns the status byte.
             pub fn code(&self) -> u8 {
                 match self {
                     $(CtapStatus::$name => $code,)*
@@ -40,7 +40,7 @@ macro_rules! ctap_statuses {
                 }
             }
 
-            /// A sentence for a person that says what happened and, where
+            /// Returns a sentence for a person: what happened and, where
             /// there is something to do, what to do next.
             pub fn description(&self) -> &'static str {
                 match self {
@@ -84,15 +84,15 @@ ctap_statuses! {
     ChannelBusy = 0x06, "the card is busy with another request; retry shortly";
     LockRequired = 0x0a, "the card requires a channel lock for this command";
     InvalidChannel = 0x0b, "the card does not know this channel; re-initialise it and retry";
-    /// Defined by CTAP 2.0 drafts; reserved since.
+    /// Defined by CTAP 2.0 drafts and reserved since.
     CborParsing = 0x10, "the card could not parse the CBOR of the request";
     CborUnexpectedType = 0x11, "the card found a CBOR value of the wrong type in the request";
     InvalidCbor = 0x12, "the card could not decode the CBOR of the request";
-    /// Defined by CTAP 2.0 drafts; reserved since.
+    /// Defined by CTAP 2.0 drafts and reserved since.
     InvalidCborType = 0x13, "the card found an invalid CBOR type in the request";
     MissingParameter = 0x14, "the request lacks a parameter the card requires";
     LimitExceeded = 0x15, "the request has more items than the card accepts";
-    /// Defined by CTAP 2.0; reserved since CTAP 2.1.
+    /// Defined by CTAP 2.0 and reserved since CTAP 2.1.
     UnsupportedExtension = 0x16, "the card does not support a requested extension";
     FpDatabaseFull = 0x17, "the card's fingerprint store is full; remove a fingerprint";
     LargeBlobStorageFull = 0x18, "the card's large-blob store is full";
@@ -106,7 +106,7 @@ ctap_statuses! {
     UnsupportedAlgorithm = 0x26, "the card supports none of the requested algorithms";
     OperationDenied = 0x27, "the person at the card declined";
     KeyStoreFull = 0x28, "the card's credential store is full";
-    /// Defined by CTAP 2.0; reserved since CTAP 2.1.
+    /// Defined by CTAP 2.0 and reserved since CTAP 2.1.
     NotBusy = 0x29, "the card is not busy";
     NoOperationPending = 0x2a, "the card has no pending operation to act on";
     UnsupportedOption = 0x2b, "the card does not support an option in the request";
@@ -123,7 +123,7 @@ ctap_statuses! {
     PinNotSet = 0x35, "the card has no PIN set";
     PuatRequired = 0x36, "the card requires a PIN/UV auth token for this request";
     PinPolicyViolation = 0x37, "the new PIN does not meet the card's PIN policy";
-    /// Defined by CTAP 2.0; reserved since CTAP 2.1.
+    /// Defined by CTAP 2.0 and reserved since CTAP 2.1.
     PinTokenExpired = 0x38, "the card's PIN token has expired; get a new one";
     RequestTooLarge = 0x39, "the request is larger than the card accepts";
     ActionTimeout = 0x3a, "the card's action timed out; retry";
@@ -154,7 +154,7 @@ impl fmt::Display for CtapStatus {
     }
 }
 
-/// Why a CTAP2 response could not be used.
+/// The reason a CTAP2 response could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CtapError {
     /// The card returned a non-zero status byte.

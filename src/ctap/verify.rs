@@ -11,7 +11,7 @@ use p256::ecdsa::{Signature, VerifyingKey};
 use crate::ctap::cbor::ParseError;
 use crate::ctap::cose::CoseKey;
 
-/// Why a signature check failed.
+/// The reason a signature check failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
     /// The signature is not a DER-encoded ECDSA P-256 signature.

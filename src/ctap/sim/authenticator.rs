@@ -45,9 +45,9 @@ use crate::ctap::status::CtapStatus;
 /// credentials, so there is never a next assertion.
 const GET_NEXT_ASSERTION: u8 = 0x08;
 
-/// File in the state directory that holds the 32-byte master secret.
+/// File in the state directory that contains the 32-byte master secret.
 pub const MASTER_SECRET_FILE: &str = "master-secret";
-/// File in the state directory that holds the sign count in decimal.
+/// File in the state directory that contains the sign count in decimal.
 pub const SIGN_COUNT_FILE: &str = "sign-count";
 
 const CREDENTIAL_ID_VERSION: u8 = 0x01;
@@ -63,15 +63,16 @@ const KEY_LABEL: &[u8; 27] = b"cardgate-sim credential key";
 
 /// How many nonces makeCredential tries before giving up. A nonce fails
 /// only when its HMAC output is not a valid P-256 scalar, which happens
-/// with a probability of about 2^-32.
+/// with a probability of about 2^-32, because the P-256 group order is
+/// about 2^256 - 2^224.
 const MAX_KEY_ATTEMPTS: usize = 4;
 
 /// The CTAP2 side of a simulated ChromeCard.
 pub struct SimAuthenticator {
     master: [u8; 32],
     sign_count: u32,
-    /// Where the master secret and sign count are kept; `None` keeps them
-    /// in memory only.
+    /// The directory that keeps the master secret and sign count, or `None`
+    /// to keep them in memory only.
     state_dir: Option<PathBuf>,
     info: GetInfo,
 }
@@ -131,7 +132,8 @@ impl SimAuthenticator {
         })
     }
 
-    /// The sign count of the last makeCredential or getAssertion response.
+    /// Returns the sign count of the last makeCredential or getAssertion
+    /// response.
     pub fn sign_count(&self) -> u32 {
         self.sign_count
     }
@@ -349,8 +351,8 @@ impl Ctap2Handler for SimAuthenticator {
         };
         let max_len = self.info.max_msg_size.unwrap_or(u64::MAX);
         if u64::try_from(request.len()).unwrap_or(u64::MAX) > max_len {
-            // NOTE: the ChromeCard's answer to an oversized request is not
-            // known; CTAP 2.0 has no dedicated status, so this uses
+            // NOTE: the ChromeCard's response to an oversized request is not
+            // known, and CTAP 2.0 has no dedicated status, so this uses
             // INVALID_LENGTH.
             return Step::Done(status_only(CtapStatus::InvalidLength));
         }
@@ -566,7 +568,8 @@ mod tests {
             .clone()
     }
 
-    /// A makeCredential request with extra entries that cardgate never sends.
+    /// Builds a makeCredential request with extra entries that cardgate
+    /// never sends.
     fn make_credential_with(extra: Vec<(Value, Value)>) -> Vec<u8> {
         let request = make_credential_request(false).encode();
         let item = cbor::decode("test", &request[1..]).unwrap();
@@ -617,9 +620,9 @@ mod tests {
 
     #[test]
     fn hmac_matches_rfc4231_case_1() {
-        // RFC 4231 test case 1 uses a 20-byte key of 0x0b; zero padding to
-        // 32 bytes gives the same HMAC because keys are zero-padded to the
-        // block size anyway.
+        // RFC 4231 test case 1 uses a 20-byte key of 0x0b. HMAC pads keys
+        // with zeros to the block size, so the 32-byte key below is the same
+        // key.
         let mut key = [0u8; 32];
         key[..20].fill(0x0b);
         assert_eq!(
@@ -651,7 +654,9 @@ mod tests {
             Ok(AttestationType::SelfAttestation)
         );
         let flags = registration.auth_data.flags;
-        assert!(flags.up() && flags.uv() && flags.at());
+        assert!(flags.up());
+        assert!(flags.uv());
+        assert!(flags.at());
         assert_eq!(
             registration.auth_data.rp_id_hash,
             auth_data::rp_id_hash(RP_ID)
@@ -666,7 +671,8 @@ mod tests {
         assert_eq!(response[0], 0x00, "getAssertion status");
         let assertion = GetAssertionResponse::parse(&response[1..]).unwrap();
         assert_eq!(assertion.credential_id, Some(credential.credential_id));
-        assert!(assertion.auth_data.flags.up() && assertion.auth_data.flags.uv());
+        assert!(assertion.auth_data.flags.up());
+        assert!(assertion.auth_data.flags.uv());
         assert!(!assertion.auth_data.flags.at());
         assert_eq!(assertion.auth_data.sign_count, 2);
         assert_eq!(card.sign_count(), 2);
