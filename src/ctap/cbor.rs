@@ -1,10 +1,15 @@
-//! CTAP2 canonical CBOR encoding.
+//! CTAP2 canonical CBOR encoding, and decoding of responses.
 //!
 //! CTAP2 requires requests in its canonical form: definite lengths, minimal
 //! length encodings, and map keys sorted by major type, then by encoded
 //! length, then bytewise. ciborium writes map entries in insertion order, so
 //! requests are built from [`Value`] and sorted here before they are written.
 //! Responses are decoded with ciborium; see the helpers at the end of this file.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use ciborium::Value as Item;
 
 /// A CBOR data item of the kinds CTAP2 requests use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,19 +126,14 @@ fn write_head(major: u8, argument: u64, out: &mut Vec<u8>) {
 // need not be canonical: non-minimal lengths and other deviations whose
 // meaning is unambiguous are accepted.
 
-use std::collections::BTreeMap;
-use std::fmt;
-
-use ciborium::Value as Item;
-
 /// Maximum length in bytes of a CBOR message accepted for decoding: the
 /// largest CTAPHID message (57 bytes in the init frame plus 128
 /// continuation frames of 59 bytes).
 pub const MAX_MESSAGE_LEN: usize = 7609;
 
 /// Maximum nesting depth of arrays, maps and tags accepted for decoding.
-/// CTAP2 responses nest at most four levels deep; the limit bounds the
-/// decoder's recursion.
+/// The deepest CTAP2 response cardgate reads nests three levels (getInfo
+/// algorithms: map, array, map), and the limit bounds the recursion.
 pub const MAX_NESTING: usize = 16;
 
 /// The `found` text of an error for a required key that is absent.
@@ -351,7 +351,7 @@ impl<'a> Field<'a> {
         }
     }
 
-    /// Reads an array; each element is named `NAME[i]` in errors.
+    /// Reads an array whose elements are named `NAME[i]` in errors.
     pub fn array(&self) -> Result<Vec<Field<'a>>, ParseError> {
         match self.item {
             Item::Array(items) => Ok(items
@@ -371,7 +371,7 @@ impl<'a> Field<'a> {
             .collect()
     }
 
-    /// Reads a map; its fields are named `NAME.KEY` in errors.
+    /// Reads a map whose fields are named `NAME.KEY` in errors.
     pub fn map(&self) -> Result<MapView<'a>, ParseError> {
         MapView::new(self.structure, &self.name, self.item)
     }
