@@ -372,4 +372,145 @@ mod tests {
             Err(AttestationError::UnsupportedFormat("tpm".to_string()))
         );
     }
+
+    /// Builds a self-signed P-256 attestation certificate, optionally with
+    /// an AAGUID extension (content, critical), and returns it with its key.
+    fn attestation_certificate(aaguid: Option<(Vec<u8>, bool)>, ca: bool) -> (Vec<u8>, SigningKey) {
+        use p256::pkcs8::DecodePrivateKey;
+        use rcgen::{BasicConstraints, CertificateParams, CustomExtension, DnType, IsCa, KeyPair};
+
+        let key_pair = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Maker");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, "Authenticator Attestation");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Test Card");
+        params.is_ca = if ca {
+            IsCa::Ca(BasicConstraints::Unconstrained)
+        } else {
+            IsCa::ExplicitNoCa
+        };
+        if let Some((content, critical)) = aaguid {
+            let mut extension =
+                CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 45724, 1, 1, 4], content);
+            extension.set_criticality(critical);
+            params.custom_extensions.push(extension);
+        }
+
+        let certificate = params.self_signed(&key_pair).unwrap();
+        let signing_key = SigningKey::from_pkcs8_der(&key_pair.serialize_der()).unwrap();
+        (certificate.der().to_vec(), signing_key)
+    }
+
+    /// Builds a packed statement signed by a certificate key over the credential
+    /// of [`auth_data_for`], whose AAGUID is 16 bytes of 9.
+    fn packed_with_certificate(
+        certificate: Vec<u8>,
+        attestation_key: &SigningKey,
+    ) -> MakeCredentialResponse {
+        let auth_data = auth_data_for(&credential_key());
+        let signed = [auth_data.raw.as_slice(), &CDH].concat();
+        let signature: DerSignature = attestation_key.sign(&signed);
+        MakeCredentialResponse {
+            fmt: "packed".to_string(),
+            auth_data,
+            att_stmt: AttestationStatement::Packed {
+                alg: ALG_ES256,
+                sig: signature.as_bytes().to_vec(),
+                x5c: vec![certificate],
+            },
+        }
+    }
+
+    fn aaguid_extension(aaguid: [u8; 16]) -> Vec<u8> {
+        [&[0x04, 0x10][..], &aaguid].concat()
+    }
+
+    #[test]
+    fn packed_certificate_attestation_verifies() {
+        let (certificate, key) =
+            attestation_certificate(Some((aaguid_extension([9; 16]), false)), false);
+        let response = packed_with_certificate(certificate, &key);
+        assert_eq!(
+            verify(&response, &CDH),
+            Ok(AttestationType::Certificate {
+                subject: "CN=Test Card,OU=Authenticator Attestation,O=Maker".to_string()
+            })
+        );
+    }
+
+    #[test]
+    fn packed_certificate_without_aaguid_verifies() {
+        let (certificate, key) = attestation_certificate(None, false);
+        let response = packed_with_certificate(certificate, &key);
+        assert!(matches!(
+            verify(&response, &CDH),
+            Ok(AttestationType::Certificate { .. })
+        ));
+    }
+
+    #[test]
+    fn packed_certificate_rejects_other_aaguid() {
+        let (certificate, key) =
+            attestation_certificate(Some((aaguid_extension([8; 16]), false)), false);
+        let response = packed_with_certificate(certificate, &key);
+        assert_eq!(
+            verify(&response, &CDH),
+            Err(AttestationError::AaguidMismatch {
+                certificate: "08".repeat(16),
+                auth_data: "09".repeat(16),
+            })
+        );
+    }
+
+    #[test]
+    fn packed_certificate_rejects_critical_aaguid() {
+        let (certificate, key) =
+            attestation_certificate(Some((aaguid_extension([9; 16]), true)), false);
+        let response = packed_with_certificate(certificate, &key);
+        let error = verify(&response, &CDH).unwrap_err();
+        assert_eq!(
+            error,
+            AttestationError::Certificate("the AAGUID extension is marked critical".to_string())
+        );
+    }
+
+    #[test]
+    fn packed_certificate_rejects_malformed_aaguid() {
+        let (certificate, key) =
+            attestation_certificate(Some((vec![0x04, 0x02, 9, 9], false)), false);
+        let response = packed_with_certificate(certificate, &key);
+        assert!(matches!(
+            verify(&response, &CDH),
+            Err(AttestationError::Certificate(_))
+        ));
+    }
+
+    #[test]
+    fn packed_certificate_rejects_ca() {
+        let (certificate, key) = attestation_certificate(None, true);
+        let response = packed_with_certificate(certificate, &key);
+        assert_eq!(
+            verify(&response, &CDH),
+            Err(AttestationError::Certificate(
+                "expected an end-entity certificate, found a CA certificate".to_string()
+            ))
+        );
+    }
+
+    #[test]
+    fn packed_certificate_rejects_signature_by_other_key() {
+        let (certificate, _) = attestation_certificate(None, false);
+        let response = packed_with_certificate(certificate, &credential_key());
+        assert_eq!(
+            verify(&response, &CDH),
+            Err(AttestationError::Signature(VerifyError::SignatureMismatch))
+        );
+    }
 }
