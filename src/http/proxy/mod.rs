@@ -22,8 +22,8 @@ use crate::actors::upstream::{UpstreamActor, UpstreamSettings};
 use crate::config::{ConfigError, ProxyConfig};
 use crate::ctap::device::Timing;
 use crate::ctap::sim::authenticator::SimAuthenticator;
-use crate::ctap::sim::engine::{Presence, SimCard, SimHandle};
-use crate::ctap::transport::{self, DeviceSpec};
+use crate::ctap::sim::engine::Presence;
+use crate::ctap::transport::{self, DeviceSpec, SimCard, SimHandle};
 use crate::error::{ApiError, StartError};
 
 pub mod ceremony;
