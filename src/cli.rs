@@ -49,6 +49,11 @@ pub enum Command {
     Client(crate::client::ClientArgs),
     /// Send many protected counter calls through a proxy and check the values.
     Loadtest(crate::loadtest::LoadtestArgs),
+    /// Decode captured CTAP bytes or check an assertion signature offline.
+    Ctap {
+        #[command(subcommand)]
+        command: crate::bringup::decode::CtapCommand,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +133,7 @@ pub fn main() -> ExitCode {
     let command = match cli.command {
         Command::Client(args) => return crate::client::run(args),
         Command::Loadtest(args) => return crate::loadtest::main(args),
+        Command::Ctap { command } => return crate::bringup::decode::run(command),
         other => other,
     };
     match run(command) {
@@ -191,6 +197,8 @@ fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Demo(args) => crate::demo::run(&args.dir, args.port).map_err(|e| e.to_string()),
-        Command::Client(_) | Command::Loadtest(_) => Err("this command is run by `main`".into()),
+        Command::Client(_) | Command::Loadtest(_) | Command::Ctap { .. } => {
+            Err("this command is run by `main`".into())
+        }
     }
 }

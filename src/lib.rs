@@ -7,6 +7,7 @@
 //! library so that tests can start each part in-process.
 
 pub mod actors;
+pub mod bringup;
 pub mod certs;
 pub mod cli;
 pub mod client;
