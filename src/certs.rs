@@ -52,16 +52,16 @@ pub struct InitOptions {
     pub server_names: Vec<String>,
 }
 
-/// Why the certificates could not be created.
+/// Error while creating the certificates.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
     #[error("{} already exists; remove it or pass --force to overwrite it", .0.display())]
     AlreadyExists(PathBuf),
     #[error("invalid certificate name {name:?}: {reason}")]
     InvalidName { name: String, reason: String },
-    #[error("cannot create {what} certificate: {source}")]
+    #[error("cannot create {certificate} certificate: {source}")]
     Generate {
-        what: &'static str,
+        certificate: &'static str,
         #[source]
         source: rcgen::Error,
     },
@@ -110,7 +110,10 @@ pub fn init(opts: &InitOptions) -> Result<Vec<PathBuf>, CertError> {
     let ca_params = ca_params(now);
     let ca_cert = ca_params
         .self_signed(&ca_key)
-        .map_err(|source| CertError::Generate { what: "CA", source })?;
+        .map_err(|source| CertError::Generate {
+            certificate: "CA",
+            source,
+        })?;
     let ca = Issuer::new(ca_params, &ca_key);
 
     let proxy = leaf(
@@ -173,9 +176,11 @@ struct Leaf {
     key_pem: String,
 }
 
-fn generate_key(what: &'static str) -> Result<KeyPair, CertError> {
-    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-        .map_err(|source| CertError::Generate { what, source })
+fn generate_key(certificate: &'static str) -> Result<KeyPair, CertError> {
+    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| CertError::Generate {
+        certificate,
+        source,
+    })
 }
 
 fn distinguished_name(common_name: &str) -> DistinguishedName {
@@ -187,7 +192,10 @@ fn distinguished_name(common_name: &str) -> DistinguishedName {
 
 fn ca_params(now: OffsetDateTime) -> CertificateParams {
     let mut params = CertificateParams::default();
-    params.distinguished_name = distinguished_name("cardgate CA");
+    // A random suffix distinguishes the CAs of different deployments, in a
+    // browser's certificate list and in a verifier's lookup by issuer name.
+    let common_name = format!("cardgate CA {:08x}", rand::random::<u32>());
+    params.distinguished_name = distinguished_name(&common_name);
     // Path length 0: the CA signs leaf certificates only.
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -197,14 +205,14 @@ fn ca_params(now: OffsetDateTime) -> CertificateParams {
 }
 
 fn leaf(
-    what: &'static str,
+    certificate: &'static str,
     common_name: &str,
     names: Vec<SanType>,
     usage: ExtendedKeyUsagePurpose,
     now: OffsetDateTime,
     ca: &Issuer<'_, &KeyPair>,
 ) -> Result<Leaf, CertError> {
-    let key = generate_key(what)?;
+    let key = generate_key(certificate)?;
 
     let mut params = CertificateParams::default();
     params.distinguished_name = distinguished_name(common_name);
@@ -220,7 +228,10 @@ fn leaf(
 
     let cert = params
         .signed_by(&key, ca)
-        .map_err(|source| CertError::Generate { what, source })?;
+        .map_err(|source| CertError::Generate {
+            certificate,
+            source,
+        })?;
     Ok(Leaf {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),

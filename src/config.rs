@@ -108,7 +108,7 @@ pub struct Store {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Http {
-    /// Largest accepted request body in bytes.
+    /// Maximum request body in bytes.
     pub max_body_bytes: usize,
     /// Worker threads; 0 starts one per CPU core.
     pub workers: usize,
@@ -193,7 +193,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// An upstream with the default pool size and timeouts.
+    /// Creates an upstream with the default pool size and timeouts.
     pub fn new(
         url: impl Into<String>,
         ca: PathBuf,
@@ -238,7 +238,8 @@ impl Upstream {
 pub struct Card {
     /// Device spec string; the card layer parses and validates it.
     pub device: String,
-    /// Answer of the simulated person when `device` is a simulator.
+    /// Response of the simulated person when `device` is a simulator:
+    /// `approve`, `deny`, `delay:MS` or `never`.
     pub sim_presence: String,
     /// State folder of an in-process simulated card; `None` keeps it in memory.
     pub sim_state: Option<PathBuf>,
@@ -250,7 +251,7 @@ pub struct Card {
     pub idle_timeout_ms: u64,
     /// Milliseconds after a login during which the card is not asked again.
     pub login_grace_ms: u64,
-    /// Longest wait in milliseconds between reconnect attempts to a lost card.
+    /// Maximum wait in milliseconds between reconnect attempts to a lost card.
     pub reconnect_max_backoff_ms: u64,
 }
 
@@ -363,7 +364,7 @@ impl Webauthn {
 }
 
 impl ServerConfig {
-    /// A server config with default HTTP limits.
+    /// Creates a server config with default HTTP limits.
     pub fn new(listen: SocketAddr, tls: ServerTls, store: Store) -> Self {
         ServerConfig {
             listen,
@@ -411,7 +412,7 @@ impl ServerConfig {
 }
 
 impl ProxyConfig {
-    /// A proxy config with default card, session and HTTP settings.
+    /// Creates a proxy config with default card, session and HTTP settings.
     pub fn new(
         listen: SocketAddr,
         tls: Tls,
@@ -557,8 +558,8 @@ pub fn load_proxy_with_env(
     Ok(config)
 }
 
-/// The process's `CARDGATE_*` variables. Variables that are not valid
-/// Unicode cannot be config values and are skipped.
+/// Collects the process's `CARDGATE_*` variables. Variables that are not
+/// valid Unicode are skipped because they cannot be config values.
 fn process_env() -> HashMap<String, String> {
     std::env::vars_os()
         .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
@@ -611,7 +612,7 @@ fn load<T: DeserializeOwned>(
     Ok((parsed, base))
 }
 
-/// The environment variable that overrides `key` (`card.device` becomes
+/// Returns the environment variable that overrides `key` (`card.device` becomes
 /// `CARDGATE_CARD__DEVICE`).
 pub fn env_var_for(key: &str) -> String {
     format!(
@@ -620,8 +621,8 @@ pub fn env_var_for(key: &str) -> String {
     )
 }
 
-/// Converts the config crate's error into one that names the key and says
-/// what to change.
+/// Converts the config crate's error into one that names the key and the
+/// fix.
 fn translate_error(error: config::ConfigError, file: &Path, env_names: &[String]) -> ConfigError {
     let source_of = |key: &str| -> String {
         let variable = env_var_for(key);
@@ -744,7 +745,10 @@ fn validate_paths(paths: &[(&str, &PathBuf)]) -> Result<(), ConfigError> {
 
 fn require_nonzero(key: &str, value: u64) -> Result<(), ConfigError> {
     if value == 0 {
-        return Err(ConfigError::new(key, "must be greater than 0"));
+        return Err(ConfigError::new(
+            key,
+            "must be greater than 0; set a positive value",
+        ));
     }
     Ok(())
 }
@@ -853,7 +857,7 @@ fn validate_webauthn(webauthn: &Webauthn) -> Result<(), ConfigError> {
     }
 
     // NOTE: without the public suffix list, a multi-label public suffix such
-    // as `co.uk` passes this check; browsers would reject it at enrollment.
+    // as `co.uk` passes this check, although browsers reject it at enrollment.
     let is_suffix = host
         .strip_suffix(rp_id)
         .is_some_and(|prefix| prefix.ends_with('.'))

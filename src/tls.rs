@@ -15,7 +15,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 /// ALPN protocol both sides offer.
 pub const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
 
-/// Why a TLS configuration could not be built. Each variant names the file
+/// Error while building a TLS configuration. Each variant names the file
 /// at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -173,7 +173,7 @@ fn certified_key(
                 key: key.to_path_buf(),
             })
         }
-        // The ring provider always knows a key's public half, so any other
+        // The ring provider always returns a key's public half, so any other
         // outcome means the certificate itself could not be parsed.
         Err(error) => Err(TlsError::UnusableKey {
             path: cert.to_path_buf(),

@@ -58,7 +58,7 @@ pub struct CounterStats {
     pub waiting: usize,
 }
 
-/// Why an increment returned no value.
+/// Error of an increment that returned no value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CounterError {
     #[error("counter store failed: {0}")]
@@ -92,7 +92,7 @@ impl From<CounterError> for ApiError {
 ///
 /// Calls run on a blocking thread, one at a time.
 pub trait CounterStore: Send + 'static {
-    /// Reads the stored value; 0 when nothing is stored yet.
+    /// Reads the stored value, which is 0 when nothing is stored yet.
     fn load(&mut self) -> Result<u64, CounterError>;
 
     /// Stores `value` and returns once it is durable. On error the store
@@ -101,6 +101,11 @@ pub trait CounterStore: Send + 'static {
 }
 
 type Waiter = oneshot::Sender<Result<u64, CounterError>>;
+
+/// Result of the blocking write task: the store, handed back, with the
+/// outcome of its write. A `JoinError` means the task panicked.
+type BatchOutcome =
+    Result<(Box<dyn CounterStore>, Result<(), CounterError>), tokio::task::JoinError>;
 
 /// Where the store is, named for what the actor waits for.
 enum StoreState {
@@ -112,7 +117,8 @@ enum StoreState {
     Closed,
 }
 
-/// Owner of the counter store; see the module documentation.
+/// Actor that owns the counter store and hands out its values, as the
+/// module documentation describes.
 pub struct CounterActor {
     store: StoreState,
     /// Last durable value handed out, or loaded at start.
@@ -266,7 +272,7 @@ impl CounterActor {
 
     fn finish_batch(
         &mut self,
-        joined: Result<(Box<dyn CounterStore>, Result<(), CounterError>), tokio::task::JoinError>,
+        joined: BatchOutcome,
         waiters: Vec<Waiter>,
         last: u64,
         ctx: &mut Context<Self>,
@@ -282,7 +288,7 @@ impl CounterActor {
                 self.stats.largest_batch = self.stats.largest_batch.max(size);
                 tracing::debug!(first, last, size, "counter batch durable");
 
-                // A waiter whose client has gone loses its value; values
+                // A waiter whose client has gone loses its value. Values
                 // are never reused, so this leaves a gap but no duplicate.
                 for (waiter, value) in waiters.into_iter().zip(first..=last) {
                     let _ = waiter.send(Ok(value));
@@ -317,7 +323,7 @@ impl CounterActor {
     }
 
     /// Rejects waiting increments, closes the store on a blocking thread,
-    /// then answers the [`Close`] requests and stops.
+    /// then replies to the [`Close`] requests and stops.
     fn close(&mut self, ctx: &mut Context<Self>) {
         for waiter in self.waiting.drain(..) {
             let _ = waiter.send(Err(CounterError::Closed));
@@ -565,7 +571,7 @@ mod tests {
         let closed = counter.send(Close);
         let (value, closed) = tokio::join!(pending, closed);
         assert_eq!(value.expect("actor running"), Ok(1));
-        closed.expect("close answered");
+        closed.expect("close replies");
         assert_eq!(*store.value.lock().expect("lock"), 1);
         assert!(counter.send(Increment).await.is_err(), "counter is stopped");
     }
