@@ -157,7 +157,7 @@ fn run(command: Command) -> Result<(), String> {
                 let running = crate::http::server::start(config)
                     .await
                     .map_err(|e| e.to_string())?;
-                running.server.await.map_err(|e| e.to_string())
+                running.wait().await.map_err(|e| e.to_string())
             })
         }
         Command::Proxy(args) => {

@@ -104,9 +104,8 @@ pub fn run(dir: &Path, port: u16) -> Result<(), DemoError> {
         let server = crate::http::server::start(server_config)
             .await
             .map_err(|e| DemoError::Setup(format!("k_server did not start: {e}")))?;
+        let server = server.spawn();
         let upstream = format!("https://127.0.0.1:{}", server.addr.port());
-        let server_handle = server.server.handle();
-        actix_rt::spawn(server.server);
 
         // Port 0 lets the OS pick, but the origin needs the real port, so
         // it is resolved first.
@@ -125,8 +124,10 @@ pub fn run(dir: &Path, port: u16) -> Result<(), DemoError> {
         let _ = tokio::signal::ctrl_c().await;
         println!("\nstopping: finishing requests in flight");
         proxy_handle.stop(true).await;
-        server_handle.stop(true).await;
-        Ok(())
+        server
+            .stop(true)
+            .await
+            .map_err(|e| DemoError::Setup(format!("k_server did not stop cleanly: {e}")))
     })
 }
 

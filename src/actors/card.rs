@@ -194,7 +194,7 @@ enum Link {
     /// The card is initialised and idle.
     Ready(Box<CtapHidDevice>),
     /// The device is lent to the blocking task running this operation.
-    Running { id: u64, owner: Option<String> },
+    Running { owner: Option<String> },
 }
 
 pub struct CardActor {
@@ -332,7 +332,6 @@ impl CardActor {
         let Link::Ready(mut device) = std::mem::replace(
             &mut self.link,
             Link::Running {
-                id: job.id,
                 owner: job.owner.clone(),
             },
         ) else {

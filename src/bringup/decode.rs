@@ -135,7 +135,7 @@ fn decode_frames(bytes: &[u8]) -> Result<Value, String> {
                     "payload_hex": hex::encode(&message.payload),
                     "ignored_reports": ignored,
                 });
-                if message.cmd == frame::CMD_CBOR {
+                if message.cmd == frame::CBOR {
                     value["cbor_status"] = json!(message.payload.first().map(|s| format!("0x{s:02x}")));
                 }
                 return Ok(value);

@@ -60,10 +60,10 @@ pub fn query_config() -> web::QueryConfig {
 }
 
 /// Answers requests for paths that do not exist.
-pub async fn not_found(req: HttpRequest) -> ApiError {
-    ApiError::NotFound(format!(
+pub async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
         "no endpoint {} {}; see the API list in the README",
         req.method(),
         req.path()
-    ))
+    )))
 }
