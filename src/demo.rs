@@ -100,7 +100,8 @@ pub fn run(dir: &Path, port: u16) -> Result<(), DemoError> {
     actix_rt::System::new().block_on(async move {
         let server_path = dir.join("server.toml");
         write(&server_path, &server_toml())?;
-        let server_config = load_server(&server_path).map_err(|e| DemoError::Setup(e.to_string()))?;
+        let server_config =
+            load_server(&server_path).map_err(|e| DemoError::Setup(e.to_string()))?;
         let server = crate::http::server::start(server_config)
             .await
             .map_err(|e| DemoError::Setup(format!("k_server did not start: {e}")))?;

@@ -72,7 +72,10 @@ pub struct Report {
 
 impl Report {
     pub fn passed(&self) -> bool {
-        self.failed.is_empty() && self.duplicates == 0 && self.gaps == 0 && self.succeeded == self.requests
+        self.failed.is_empty()
+            && self.duplicates == 0
+            && self.gaps == 0
+            && self.succeeded == self.requests
     }
 }
 
@@ -123,7 +126,10 @@ pub async fn run(args: &LoadtestArgs) -> Result<Report, ClientError> {
 
     // 2. The calls, at most `workers` in flight.
     let total = args.users * args.requests;
-    let progress = Rc::new(Progress::new(total, !args.json && std::io::stderr().is_terminal()));
+    let progress = Rc::new(Progress::new(
+        total,
+        !args.json && std::io::stderr().is_terminal(),
+    ));
     let started = Instant::now();
     let calls = (0..total).map(|i| {
         let client = client.clone();
@@ -136,7 +142,10 @@ pub async fn run(args: &LoadtestArgs) -> Result<Report, ClientError> {
             (begun.elapsed(), result)
         }
     });
-    let results: Vec<_> = stream::iter(calls).buffer_unordered(workers.max(1)).collect().await;
+    let results: Vec<_> = stream::iter(calls)
+        .buffer_unordered(workers.max(1))
+        .collect()
+        .await;
     let seconds = started.elapsed().as_secs_f64();
     progress.finish();
 
@@ -167,7 +176,11 @@ pub async fn run(args: &LoadtestArgs) -> Result<Report, ClientError> {
             max_ms: percentile(&latencies, 100.0),
         }),
         seconds,
-        requests_per_second: if seconds > 0.0 { values.len() as f64 / seconds } else { 0.0 },
+        requests_per_second: if seconds > 0.0 {
+            values.len() as f64 / seconds
+        } else {
+            0.0
+        },
         duplicates,
         gaps,
         first_value: values.first().copied(),
@@ -186,7 +199,10 @@ pub fn main(args: LoadtestArgs) -> std::process::ExitCode {
         }
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
     } else {
         print_report(&report);
     }
@@ -209,7 +225,10 @@ fn print_report(report: &Report) {
             l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms
         );
     }
-    println!("throughput   {:.0} requests/s over {:.2} s", report.requests_per_second, report.seconds);
+    println!(
+        "throughput   {:.0} requests/s over {:.2} s",
+        report.requests_per_second, report.seconds
+    );
     println!(
         "values       {}..={}, {} duplicates, {} missing",
         report.first_value.map_or("-".into(), |v| v.to_string()),
@@ -217,7 +236,10 @@ fn print_report(report: &Report) {
         report.duplicates,
         report.gaps
     );
-    println!("result       {}", if report.passed() { "PASS" } else { "FAIL" });
+    println!(
+        "result       {}",
+        if report.passed() { "PASS" } else { "FAIL" }
+    );
 }
 
 /// A one-line progress bar on stderr, drawn only on a terminal.
@@ -244,7 +266,12 @@ impl Progress {
         if self.enabled && (done % step == 0 || done == self.total) {
             let width = 40;
             let filled = done * width / self.total.max(1);
-            eprint!("\r[{}{}] {done}/{}", "#".repeat(filled), " ".repeat(width - filled), self.total);
+            eprint!(
+                "\r[{}{}] {done}/{}",
+                "#".repeat(filled),
+                " ".repeat(width - filled),
+                self.total
+            );
             let _ = std::io::stderr().flush();
         }
     }

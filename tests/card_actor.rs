@@ -28,7 +28,10 @@ fn settings(confirm: Duration, queue_limit: usize) -> CardSettings {
     }
 }
 
-fn start(presence: Presence, settings: CardSettings) -> (Addr<CardActor>, SimHandle, broadcast::Receiver<CardEvent>) {
+fn start(
+    presence: Presence,
+    settings: CardSettings,
+) -> (Addr<CardActor>, SimHandle, broadcast::Receiver<CardEvent>) {
     let sim = SimCard::spawn_authenticator(None, presence).unwrap();
     let connector = transport::connector(&DeviceSpec::Sim, Some(sim.clone())).unwrap();
     let (events, receiver) = broadcast::channel(1024);
@@ -81,7 +84,10 @@ async fn make_credential_returns_attested_credential() {
     assert!(response.auth_data.attested.is_some());
     assert!(response.auth_data.flags.uv(), "uv was requested");
     let health = card.send(GetHealth).await.unwrap();
-    assert_eq!(health.aaguid.as_deref(), Some("1234567890abcdef0123456789abcdef"));
+    assert_eq!(
+        health.aaguid.as_deref(),
+        Some("1234567890abcdef0123456789abcdef")
+    );
 }
 
 #[actix_rt::test]
@@ -92,14 +98,23 @@ async fn card_actor_restarts_after_unplug_and_works_after_replug() {
     sim.unplug();
     let during = card.send(run(1, "alice")).await.unwrap();
     assert!(
-        matches!(during, Err(CardError::Lost(_)) | Err(CardError::NotConnected(_))),
+        matches!(
+            during,
+            Err(CardError::Lost(_)) | Err(CardError::NotConnected(_))
+        ),
         "{during:?}"
     );
     wait_for_state(&card, "disconnected").await;
     let failed_fast = Instant::now();
     let refused = card.send(run(2, "alice")).await.unwrap();
-    assert!(matches!(refused, Err(CardError::NotConnected(_))), "{refused:?}");
-    assert!(failed_fast.elapsed() < Duration::from_millis(500), "must fail at once");
+    assert!(
+        matches!(refused, Err(CardError::NotConnected(_))),
+        "{refused:?}"
+    );
+    assert!(
+        failed_fast.elapsed() < Duration::from_millis(500),
+        "must fail at once"
+    );
 
     sim.replug();
     wait_for_state(&card, "connected").await;
@@ -135,23 +150,35 @@ async fn waiting_operation_survives_a_short_unplug_within_grace() {
     actix_rt::time::sleep(Duration::from_millis(300)).await;
     sim.replug();
     let result = pending.await.unwrap();
-    assert!(result.is_ok(), "the login grace must cover a reconnect: {result:?}");
+    assert!(
+        result.is_ok(),
+        "the login grace must cover a reconnect: {result:?}"
+    );
 }
 
 #[actix_rt::test]
 async fn second_operation_for_same_user_is_rejected() {
-    let (card, _sim, _) = start(Presence::Delay(Duration::from_millis(600)), settings(Duration::from_secs(5), 8));
+    let (card, _sim, _) = start(
+        Presence::Delay(Duration::from_millis(600)),
+        settings(Duration::from_secs(5), 8),
+    );
     wait_for_state(&card, "connected").await;
     let first = card.send(run(1, "alice"));
     actix_rt::time::sleep(Duration::from_millis(100)).await;
     let second = card.send(run(2, "alice")).await.unwrap();
-    assert!(matches!(second, Err(CardError::AlreadyWaiting(ref u)) if u == "alice"), "{second:?}");
+    assert!(
+        matches!(second, Err(CardError::AlreadyWaiting(ref u)) if u == "alice"),
+        "{second:?}"
+    );
     assert!(first.await.unwrap().is_ok());
 }
 
 #[actix_rt::test]
 async fn operations_for_different_users_run_in_arrival_order() {
-    let (card, _sim, mut events) = start(Presence::Delay(Duration::from_millis(150)), settings(Duration::from_secs(10), 8));
+    let (card, _sim, mut events) = start(
+        Presence::Delay(Duration::from_millis(150)),
+        settings(Duration::from_secs(10), 8),
+    );
     wait_for_state(&card, "connected").await;
     let calls: Vec<_> = ["ann", "ben", "cat"]
         .iter()
@@ -172,7 +199,10 @@ async fn operations_for_different_users_run_in_arrival_order() {
 
 #[actix_rt::test]
 async fn full_queue_is_rejected_as_busy() {
-    let (card, _sim, _) = start(Presence::Delay(Duration::from_millis(500)), settings(Duration::from_secs(10), 1));
+    let (card, _sim, _) = start(
+        Presence::Delay(Duration::from_millis(500)),
+        settings(Duration::from_secs(10), 1),
+    );
     wait_for_state(&card, "connected").await;
     let running = card.send(run(1, "ann"));
     actix_rt::time::sleep(Duration::from_millis(100)).await;
@@ -191,7 +221,11 @@ async fn unanswered_operation_times_out_and_card_stays_usable() {
     let started = Instant::now();
     let result = card.send(run(1, "alice")).await.unwrap();
     assert!(matches!(result, Err(CardError::Timeout(_))), "{result:?}");
-    assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
 
     // The abandoned request was cancelled and drained: the next one works.
     sim.set_presence(Presence::Approve);

@@ -66,7 +66,10 @@ pub struct VerifyArgs {
 
 /// Parses hex after dropping whitespace and `:` separators.
 pub fn parse_hex(name: &str, text: &str) -> Result<Vec<u8>, String> {
-    let cleaned: String = text.chars().filter(|c| !c.is_whitespace() && *c != ':').collect();
+    let cleaned: String = text
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != ':')
+        .collect();
     hex::decode(&cleaned).map_err(|e| format!("{name} is not valid hex: {e}"))
 }
 
@@ -86,7 +89,9 @@ pub fn decode(kind: DecodeKind, bytes: &[u8]) -> Result<Value, String> {
     match kind {
         DecodeKind::GetInfo => {
             let body = status_body(bytes, "getInfo response")?;
-            GetInfo::parse(body).map(|i| describe::get_info(&i)).map_err(|e| e.to_string())
+            GetInfo::parse(body)
+                .map(|i| describe::get_info(&i))
+                .map_err(|e| e.to_string())
         }
         DecodeKind::MakeCredential => {
             let body = status_body(bytes, "makeCredential response")?;
@@ -125,7 +130,10 @@ fn decode_frames(bytes: &[u8]) -> Result<Value, String> {
     let mut reassembler = Reassembler::new(first_cid);
     let mut ignored = Vec::new();
     for (index, report) in reports.iter().enumerate() {
-        match reassembler.feed(report).map_err(|e| format!("report {index}: {e}"))? {
+        match reassembler
+            .feed(report)
+            .map_err(|e| format!("report {index}: {e}"))?
+        {
             Reassembly::Complete(message) => {
                 let mut value = json!({
                     "channel": format!("{:08x}", message.cid),
@@ -136,7 +144,8 @@ fn decode_frames(bytes: &[u8]) -> Result<Value, String> {
                     "ignored_reports": ignored,
                 });
                 if message.cmd == frame::CBOR {
-                    value["cbor_status"] = json!(message.payload.first().map(|s| format!("0x{s:02x}")));
+                    value["cbor_status"] =
+                        json!(message.payload.first().map(|s| format!("0x{s:02x}")));
                 }
                 return Ok(value);
             }
@@ -159,7 +168,10 @@ pub fn run(command: CtapCommand) -> ExitCode {
                     if args.json {
                         println!("{value}");
                     } else {
-                        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&value).unwrap_or_default()
+                        );
                     }
                     ExitCode::SUCCESS
                 }
@@ -194,16 +206,24 @@ enum Verdict {
 fn verify(args: &VerifyArgs) -> Result<(), Verdict> {
     let key_bytes = parse_hex("--public-key", &args.public_key).map_err(Verdict::Malformed)?;
     let auth_data = parse_hex("--auth-data", &args.auth_data).map_err(Verdict::Malformed)?;
-    let hash = parse_hex("--client-data-hash", &args.client_data_hash).map_err(Verdict::Malformed)?;
+    let hash =
+        parse_hex("--client-data-hash", &args.client_data_hash).map_err(Verdict::Malformed)?;
     let signature = parse_hex("--signature", &args.signature).map_err(Verdict::Malformed)?;
 
-    let key = CoseKey::parse_exact(&key_bytes).map_err(|e| Verdict::Malformed(format!("--public-key: {e}")))?;
-    let hash: [u8; 32] = hash
-        .try_into()
-        .map_err(|h: Vec<u8>| Verdict::Malformed(format!("--client-data-hash must be 32 bytes, got {}", h.len())))?;
-    AuthenticatorData::parse(&auth_data).map_err(|e| Verdict::Malformed(format!("--auth-data: {e}")))?;
+    let key = CoseKey::parse_exact(&key_bytes)
+        .map_err(|e| Verdict::Malformed(format!("--public-key: {e}")))?;
+    let hash: [u8; 32] = hash.try_into().map_err(|h: Vec<u8>| {
+        Verdict::Malformed(format!(
+            "--client-data-hash must be 32 bytes, got {}",
+            h.len()
+        ))
+    })?;
+    AuthenticatorData::parse(&auth_data)
+        .map_err(|e| Verdict::Malformed(format!("--auth-data: {e}")))?;
     verify_assertion(&key, &auth_data, &hash, &signature).map_err(|e| match e {
-        VerifyError::SignatureMismatch => Verdict::Invalid("the signature does not match this key and data".into()),
+        VerifyError::SignatureMismatch => {
+            Verdict::Invalid("the signature does not match this key and data".into())
+        }
         other => Verdict::Malformed(other.to_string()),
     })
 }

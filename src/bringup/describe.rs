@@ -53,8 +53,12 @@ pub fn auth_data(data: &AuthenticatorData) -> Value {
 
 pub fn get_info(info: &GetInfo) -> Value {
     let uv = match info.uv_request() {
-        UvRequest::UvOption => "cardgate sends {\"uv\": true} in makeCredential and getAssertion (no PIN protocol)",
-        UvRequest::Unavailable => "the card offers no built-in user verification; cardgate can only ask for presence",
+        UvRequest::UvOption => {
+            "cardgate sends {\"uv\": true} in makeCredential and getAssertion (no PIN protocol)"
+        }
+        UvRequest::Unavailable => {
+            "the card offers no built-in user verification; cardgate can only ask for presence"
+        }
     };
     json!({
         "versions": info.versions,

@@ -96,7 +96,8 @@ impl ProxyClient {
     /// Builds a client that trusts `ca` for the proxy's certificate and
     /// keeps up to `connections` connections open.
     pub fn new(base: &str, ca: &Path, connections: usize) -> Result<ProxyClient, ClientError> {
-        let tls = crate::tls::client_config(ca, None).map_err(|e| ClientError::Setup(e.to_string()))?;
+        let tls =
+            crate::tls::client_config(ca, None).map_err(|e| ClientError::Setup(e.to_string()))?;
         let connector = awc::Connector::new()
             .rustls_0_23(Arc::new(tls))
             .limit(connections.max(1))
@@ -137,10 +138,14 @@ impl ProxyClient {
             reason: e.to_string(),
         })?;
         let status = response.status().as_u16();
-        let bytes = response.body().limit(1 << 20).await.map_err(|e| ClientError::Transport {
-            url: url.clone(),
-            reason: e.to_string(),
-        })?;
+        let bytes = response
+            .body()
+            .limit(1 << 20)
+            .await
+            .map_err(|e| ClientError::Transport {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| ClientError::Reply {
             url: url.clone(),
             reason: format!("status {status}, body is not JSON: {e}"),
@@ -162,7 +167,8 @@ impl ProxyClient {
     }
 
     pub async fn health(&self) -> Result<Value, ClientError> {
-        self.call(awc::http::Method::GET, "/health", None, None).await
+        self.call(awc::http::Method::GET, "/health", None, None)
+            .await
     }
 
     pub async fn enroll_status(&self, username: &str) -> Result<Value, ClientError> {
@@ -171,7 +177,11 @@ impl ProxyClient {
     }
 
     /// Starts an enrollment on the card; poll it with [`Self::wait`].
-    pub async fn begin_enroll(&self, username: &str, display_name: Option<&str>) -> Result<String, ClientError> {
+    pub async fn begin_enroll(
+        &self,
+        username: &str,
+        display_name: Option<&str>,
+    ) -> Result<String, ClientError> {
         let mut body = json!({ "username": username });
         if let Some(name) = display_name {
             body["display_name"] = json!(name);
@@ -216,13 +226,18 @@ impl ProxyClient {
 
     pub async fn cancel(&self, operation: &str) -> Result<(), ClientError> {
         let path = format!("/op/{}/cancel", url_escape(operation));
-        self.call::<Value>(awc::http::Method::POST, &path, None, None).await?;
+        self.call::<Value>(awc::http::Method::POST, &path, None, None)
+            .await?;
         Ok(())
     }
 
     /// Polls an operation until it ends; `on_state` sees every new state.
     /// Returns the result of a success or the operation's error.
-    pub async fn wait(&self, operation: &str, mut on_state: impl FnMut(&OperationView)) -> Result<OperationView, ClientError> {
+    pub async fn wait(
+        &self,
+        operation: &str,
+        mut on_state: impl FnMut(&OperationView),
+    ) -> Result<OperationView, ClientError> {
         let mut last = String::new();
         loop {
             let view = self.poll(operation).await?;
@@ -237,7 +252,10 @@ impl ProxyClient {
                     return Err(ClientError::Api {
                         status: 0,
                         code: error["error"].as_str().unwrap_or("failed").to_string(),
-                        details: error["details"].as_str().unwrap_or("the card operation failed").to_string(),
+                        details: error["details"]
+                            .as_str()
+                            .unwrap_or("the card operation failed")
+                            .to_string(),
                     });
                 }
                 _ => actix_rt::time::sleep(POLL_INTERVAL).await,
@@ -246,20 +264,39 @@ impl ProxyClient {
     }
 
     pub async fn session_status(&self, token: &str) -> Result<SessionSummary, ClientError> {
-        self.call(awc::http::Method::POST, "/session/status", Some(token), None).await
+        self.call(
+            awc::http::Method::POST,
+            "/session/status",
+            Some(token),
+            None,
+        )
+        .await
     }
 
     pub async fn counter(&self, token: &str) -> Result<CounterReply, ClientError> {
-        self.call(awc::http::Method::POST, "/resource/counter", Some(token), None).await
+        self.call(
+            awc::http::Method::POST,
+            "/resource/counter",
+            Some(token),
+            None,
+        )
+        .await
     }
 
     pub async fn logout(&self, token: &str) -> Result<(), ClientError> {
-        self.call::<Value>(awc::http::Method::POST, "/session/logout", Some(token), None).await?;
+        self.call::<Value>(
+            awc::http::Method::POST,
+            "/session/logout",
+            Some(token),
+            None,
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn list(&self, token: &str) -> Result<Value, ClientError> {
-        self.call(awc::http::Method::GET, "/enroll/list", Some(token), None).await
+        self.call(awc::http::Method::GET, "/enroll/list", Some(token), None)
+            .await
     }
 
     pub async fn update(&self, token: &str, display_name: &str) -> Result<Value, ClientError> {
@@ -273,8 +310,13 @@ impl ProxyClient {
     }
 
     pub async fn delete(&self, token: &str) -> Result<Value, ClientError> {
-        self.call(awc::http::Method::POST, "/enroll/delete", Some(token), Some(json!({})))
-            .await
+        self.call(
+            awc::http::Method::POST,
+            "/enroll/delete",
+            Some(token),
+            Some(json!({})),
+        )
+        .await
     }
 }
 

@@ -91,16 +91,24 @@ fn config_dir() -> Result<PathBuf, ClientError> {
     if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir).join("cardgate"));
     }
-    let home = std::env::var_os("HOME")
-        .ok_or_else(|| ClientError::Setup("neither XDG_CONFIG_HOME nor HOME is set; set one of them".into()))?;
+    let home = std::env::var_os("HOME").ok_or_else(|| {
+        ClientError::Setup("neither XDG_CONFIG_HOME nor HOME is set; set one of them".into())
+    })?;
     Ok(PathBuf::from(home).join(".config").join("cardgate"))
 }
 
 fn read_client_file(path: &Path, explicit: bool) -> Result<ClientFile, ClientError> {
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(ClientFile::default()),
-        Err(e) => return Err(ClientError::Setup(format!("cannot read {}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            return Ok(ClientFile::default())
+        }
+        Err(e) => {
+            return Err(ClientError::Setup(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )))
+        }
     };
     let parsed = config::Config::builder()
         .add_source(config::File::from_str(&text, config::FileFormat::Toml))
@@ -111,7 +119,13 @@ fn read_client_file(path: &Path, explicit: bool) -> Result<ClientFile, ClientErr
     let folder = path.parent().unwrap_or(Path::new("."));
     Ok(ClientFile {
         proxy: parsed.proxy,
-        ca: parsed.ca.map(|ca| if ca.is_relative() { folder.join(ca) } else { ca }),
+        ca: parsed.ca.map(|ca| {
+            if ca.is_relative() {
+                folder.join(ca)
+            } else {
+                ca
+            }
+        }),
     })
 }
 
@@ -124,7 +138,8 @@ fn save_session(session: &SavedSession) -> Result<(), ClientError> {
 
     let path = session_path()?;
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|e| ClientError::Setup(format!("cannot create {}: {e}", dir.display())))?;
+        fs::create_dir_all(dir)
+            .map_err(|e| ClientError::Setup(format!("cannot create {}: {e}", dir.display())))?;
     }
     let text = serde_json::to_vec_pretty(session).map_err(|e| ClientError::Setup(e.to_string()))?;
     let temporary = path.with_extension("json.tmp");
@@ -190,7 +205,10 @@ pub fn run(args: ClientArgs) -> std::process::ExitCode {
         }
         Err(e) => {
             if json_output {
-                println!("{}", json!({ "ok": false, "error": e.code(), "details": e.to_string() }));
+                println!(
+                    "{}",
+                    json!({ "ok": false, "error": e.code(), "details": e.to_string() })
+                );
             } else {
                 eprintln!("cardgate client: {e}");
             }
@@ -222,12 +240,20 @@ async fn execute(args: ClientArgs) -> Result<Value, ClientError> {
     let human = !args.json;
 
     match args.command {
-        ClientCommand::Enroll { username, display_name } => {
-            let id = client.begin_enroll(&username, display_name.as_deref()).await?;
+        ClientCommand::Enroll {
+            username,
+            display_name,
+        } => {
+            let id = client
+                .begin_enroll(&username, display_name.as_deref())
+                .await?;
             let view = client.wait(&id, show_progress).await?;
             let user = view.result.unwrap_or(Value::Null)["user"].clone();
             if human {
-                println!("enrolled {} on the card", user["username"].as_str().unwrap_or(&username));
+                println!(
+                    "enrolled {} on the card",
+                    user["username"].as_str().unwrap_or(&username)
+                );
             }
             Ok(user)
         }
@@ -253,7 +279,10 @@ async fn execute(args: ClientArgs) -> Result<Value, ClientError> {
             let saved = load_session()?;
             let summary = client.session_status(&saved.token).await?;
             if human {
-                println!("logged in as {} until {}", summary.username, summary.expires_at);
+                println!(
+                    "logged in as {} until {}",
+                    summary.username, summary.expires_at
+                );
             }
             Ok(json!({ "username": summary.username, "expires_at": summary.expires_at }))
         }
@@ -294,7 +323,10 @@ async fn execute(args: ClientArgs) -> Result<Value, ClientError> {
             let saved = load_session()?;
             let reply = client.update(&saved.token, &display_name).await?;
             if human {
-                println!("display name of {} is now {:?}", saved.username, display_name);
+                println!(
+                    "display name of {} is now {:?}",
+                    saved.username, display_name
+                );
             }
             Ok(reply["user"].clone())
         }
@@ -302,9 +334,14 @@ async fn execute(args: ClientArgs) -> Result<Value, ClientError> {
             let saved = load_session()?;
             if !yes {
                 if !std::io::stdin().is_terminal() {
-                    return Err(ClientError::Setup("deleting needs confirmation: pass --yes".into()));
+                    return Err(ClientError::Setup(
+                        "deleting needs confirmation: pass --yes".into(),
+                    ));
                 }
-                eprint!("delete the enrollment of {} and end all their sessions? [y/N] ", saved.username);
+                eprint!(
+                    "delete the enrollment of {} and end all their sessions? [y/N] ",
+                    saved.username
+                );
                 let mut answer = String::new();
                 let _ = std::io::stdin().read_line(&mut answer);
                 if !matches!(answer.trim(), "y" | "Y" | "yes") {

@@ -44,7 +44,10 @@ fn json_error(e: JsonPayloadError, limit: usize) -> ApiError {
         JsonPayloadError::ContentType => {
             ApiError::invalid("body", "send it with `Content-Type: application/json`")
         }
-        JsonPayloadError::Deserialize(e) => ApiError::invalid("body", format!("{e}; send a JSON object with the documented fields")),
+        JsonPayloadError::Deserialize(e) => ApiError::invalid(
+            "body",
+            format!("{e}; send a JSON object with the documented fields"),
+        ),
         other => ApiError::invalid("body", other.to_string()),
     }
 }

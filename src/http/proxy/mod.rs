@@ -116,24 +116,25 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
         .device
         .parse()
         .map_err(|e| bad_key("card.device", format!("{e}")))?;
-    let sim = match spec {
-        DeviceSpec::Sim => {
-            let presence: Presence = config
-                .card
-                .sim_presence
-                .parse()
-                .map_err(|e| bad_key("card.sim_presence", format!("{e}")))?;
-            let authenticator = SimAuthenticator::open(config.card.sim_state.as_deref()).map_err(|e| {
-                StartError::Io {
-                    what: "cannot open the simulated card's state".into(),
-                    source: e,
-                }
-            })?;
-            Some(SimCard::spawn(authenticator, presence))
-        }
-        _ => None,
-    };
-    let connector = transport::connector(&spec, sim.clone()).map_err(|e| bad_key("card.device", e.to_string()))?;
+    let sim =
+        match spec {
+            DeviceSpec::Sim => {
+                let presence: Presence = config
+                    .card
+                    .sim_presence
+                    .parse()
+                    .map_err(|e| bad_key("card.sim_presence", format!("{e}")))?;
+                let authenticator = SimAuthenticator::open(config.card.sim_state.as_deref())
+                    .map_err(|e| StartError::Io {
+                        what: "cannot open the simulated card's state".into(),
+                        source: e,
+                    })?;
+                Some(SimCard::spawn(authenticator, presence))
+            }
+            _ => None,
+        };
+    let connector = transport::connector(&spec, sim.clone())
+        .map_err(|e| bad_key("card.device", e.to_string()))?;
     let (events, _) = broadcast::channel(EVENT_CAPACITY);
     let timing = Timing {
         idle_timeout: Duration::from_millis(config.card.idle_timeout_ms),
@@ -153,10 +154,11 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
     .start_supervised();
 
     // Stores and sessions.
-    let enrollments = EnrollmentsActor::start(config.store.path.clone()).map_err(|e| StartError::Store {
-        path: config.store.path.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let enrollments =
+        EnrollmentsActor::start(config.store.path.clone()).map_err(|e| StartError::Store {
+            path: config.store.path.display().to_string(),
+            reason: e.to_string(),
+        })?;
     let sessions = SessionsActor::new(SessionSettings {
         idle_timeout: Duration::from_secs(config.session.idle_timeout_s),
         lifetime: Duration::from_secs(config.session.lifetime_s),

@@ -121,7 +121,9 @@ impl ProxyState {
     fn token(&self, req: &HttpRequest) -> Option<String> {
         if let Some(value) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
             let text = value.to_str().ok()?;
-            let token = text.strip_prefix("Bearer ").or_else(|| text.strip_prefix("bearer "))?;
+            let token = text
+                .strip_prefix("Bearer ")
+                .or_else(|| text.strip_prefix("bearer "))?;
             return Some(token.trim().to_string());
         }
         req.cookie(&self.cookie_name).map(|c| c.value().to_string())
@@ -172,7 +174,11 @@ fn session_error(e: SessionError) -> ApiError {
 
 async fn health(state: State) -> Result<HttpResponse, ApiError> {
     let card = state.card.send(GetHealth).await.map_err(mailbox)?;
-    let sessions = state.sessions.send(sessions::Count).await.map_err(mailbox)?;
+    let sessions = state
+        .sessions
+        .send(sessions::Count)
+        .await
+        .map_err(mailbox)?;
     Ok(HttpResponse::Ok().json(json!({
         "ok": true,
         "role": "proxy",
@@ -189,7 +195,10 @@ struct RegisterBody {
     display_name: Option<String>,
 }
 
-async fn enroll_register(state: State, body: web::Json<RegisterBody>) -> Result<HttpResponse, ApiError> {
+async fn enroll_register(
+    state: State,
+    body: web::Json<RegisterBody>,
+) -> Result<HttpResponse, ApiError> {
     let username = Username::parse(&body.username)?;
     let display_name = parse_display_name(body.display_name.as_deref().unwrap_or(""))?;
     let cancel = Arc::new(AtomicBool::new(false));
@@ -208,7 +217,10 @@ struct StatusQuery {
     username: String,
 }
 
-async fn enroll_status(state: State, query: web::Query<StatusQuery>) -> Result<HttpResponse, ApiError> {
+async fn enroll_status(
+    state: State,
+    query: web::Query<StatusQuery>,
+) -> Result<HttpResponse, ApiError> {
     let username = Username::parse(&query.username)?;
     let found = state
         .enrollments
@@ -252,7 +264,11 @@ fn own_user(session: &SessionInfo, named: Option<&str>) -> Result<Username, ApiE
     Ok(own)
 }
 
-async fn enroll_update(state: State, req: HttpRequest, body: web::Json<UpdateBody>) -> Result<HttpResponse, ApiError> {
+async fn enroll_update(
+    state: State,
+    req: HttpRequest,
+    body: web::Json<UpdateBody>,
+) -> Result<HttpResponse, ApiError> {
     let (_, session) = state.session(&req).await?;
     let username = own_user(&session, body.username.as_deref())?;
     let display_name = parse_display_name(&body.display_name)?;
@@ -275,7 +291,11 @@ struct DeleteBody {
     username: Option<String>,
 }
 
-async fn enroll_delete(state: State, req: HttpRequest, body: Option<web::Json<DeleteBody>>) -> Result<HttpResponse, ApiError> {
+async fn enroll_delete(
+    state: State,
+    req: HttpRequest,
+    body: Option<web::Json<DeleteBody>>,
+) -> Result<HttpResponse, ApiError> {
     let (_, session) = state.session(&req).await?;
     let body = body.map(|b| b.into_inner()).unwrap_or_default();
     let username = own_user(&session, body.username.as_deref())?;
@@ -301,7 +321,12 @@ async fn enroll_delete(state: State, req: HttpRequest, body: Option<web::Json<De
 
 async fn enroll_list(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     state.session(&req).await?;
-    let users = state.enrollments.send(List).await.map_err(mailbox)?.map_err(store_error)?;
+    let users = state
+        .enrollments
+        .send(List)
+        .await
+        .map_err(mailbox)?
+        .map_err(store_error)?;
     let users: Vec<_> = users.iter().map(user_json).collect();
     Ok(HttpResponse::Ok().json(json!({ "ok": true, "users": users })))
 }
@@ -387,7 +412,12 @@ async fn resource_counter(state: State, req: HttpRequest) -> Result<HttpResponse
 // once with an operation id, and the ceremony runs on in the background.
 
 /// Registers an operation and runs `ceremony` for it in the background.
-async fn begin_operation<F, Fut>(state: State, kind: OperationKind, username: &Username, ceremony: F) -> Result<HttpResponse, ApiError>
+async fn begin_operation<F, Fut>(
+    state: State,
+    kind: OperationKind,
+    username: &Username,
+    ceremony: F,
+) -> Result<HttpResponse, ApiError>
 where
     F: FnOnce(State, u64, Arc<AtomicBool>) -> Fut,
     Fut: std::future::Future<Output = Result<Outcome, ApiError>> + 'static,
@@ -411,31 +441,45 @@ where
         let outcome = work.await;
         operations.do_send(operations::Finish { card_id, outcome });
     });
-    Ok(HttpResponse::Accepted().json(json!({ "ok": true, "operation": id, "kind": kind, "state": "queued" })))
+    Ok(HttpResponse::Accepted()
+        .json(json!({ "ok": true, "operation": id, "kind": kind, "state": "queued" })))
 }
 
 async fn op_enroll(state: State, body: web::Json<RegisterBody>) -> Result<HttpResponse, ApiError> {
     let username = Username::parse(&body.username)?;
     let display_name = parse_display_name(body.display_name.as_deref().unwrap_or(""))?;
     let name = username.clone();
-    begin_operation(state, OperationKind::Enroll, &name, move |state, card_id, cancel| async move {
-        let user = state.ceremony(card_id, cancel).enroll(username, display_name).await?;
-        Ok(Outcome::Enrolled(json!({ "user": user_json(&user) })))
-    })
+    begin_operation(
+        state,
+        OperationKind::Enroll,
+        &name,
+        move |state, card_id, cancel| async move {
+            let user = state
+                .ceremony(card_id, cancel)
+                .enroll(username, display_name)
+                .await?;
+            Ok(Outcome::Enrolled(json!({ "user": user_json(&user) })))
+        },
+    )
     .await
 }
 
 async fn op_login(state: State, body: web::Json<LoginBody>) -> Result<HttpResponse, ApiError> {
     let username = Username::parse(&body.username)?;
     let name = username.clone();
-    begin_operation(state, OperationKind::Login, &name, move |state, card_id, cancel| async move {
-        state.ceremony(card_id, cancel).login(&username).await?;
-        let issued = state.issue_session(username).await?;
-        Ok(Outcome::LoggedIn {
-            summary: session_json(&issued.info),
-            token: Some(issued.token),
-        })
-    })
+    begin_operation(
+        state,
+        OperationKind::Login,
+        &name,
+        move |state, card_id, cancel| async move {
+            state.ceremony(card_id, cancel).login(&username).await?;
+            let issued = state.issue_session(username).await?;
+            Ok(Outcome::LoggedIn {
+                summary: session_json(&issued.info),
+                token: Some(issued.token),
+            })
+        },
+    )
     .await
 }
 
@@ -447,7 +491,11 @@ async fn op_poll(state: State, id: web::Path<String>) -> Result<HttpResponse, Ap
         })
         .await
         .map_err(mailbox)?
-        .ok_or_else(|| ApiError::NotFound("the operation is unknown or expired; start the enrollment or login again".into()))?;
+        .ok_or_else(|| {
+            ApiError::NotFound(
+                "the operation is unknown or expired; start the enrollment or login again".into(),
+            )
+        })?;
     let mut response = HttpResponse::Ok();
     if let Some(token) = &view.session_token {
         response.cookie(state.session_cookie(token));
