@@ -61,7 +61,9 @@ fn mailbox(e: actix::MailboxError) -> ApiError {
 
 /// RFC 3339 UTC time, as used in every JSON reply.
 pub fn rfc3339(time: SystemTime) -> String {
-    time::OffsetDateTime::from(time)
+    let whole_seconds = time::OffsetDateTime::from(time).replace_nanosecond(0);
+    whole_seconds
+        .unwrap_or_else(|_| time::OffsetDateTime::from(time))
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
