@@ -167,6 +167,38 @@ pub struct ProxyConfig {
     pub webauthn: Webauthn,
     #[serde(default)]
     pub http: Http,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Throttling of login and enrollment attempts.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Attempts one client address may make in a burst.
+    pub address_burst: u32,
+    /// Milliseconds after which one client address earns one more attempt.
+    pub address_refill_ms: u64,
+    /// Failed attempts for one username before its backoff starts.
+    pub username_free_failures: u32,
+    /// Milliseconds of the first backoff for a username; it doubles with
+    /// each further failure.
+    pub username_first_backoff_ms: u64,
+    /// Longest backoff for one username, in seconds. Kept short because
+    /// anyone can fail logins for any username.
+    pub username_max_backoff_s: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            address_burst: 30,
+            address_refill_ms: 2000,
+            username_free_failures: 5,
+            username_first_backoff_ms: 1000,
+            username_max_backoff_s: 60,
+        }
+    }
 }
 
 /// The k_server the proxy forwards to, reached over mutual TLS.
@@ -429,6 +461,7 @@ impl ProxyConfig {
             session: Session::default(),
             webauthn,
             http: Http::default(),
+            limits: Limits::default(),
         }
     }
 
@@ -451,7 +484,12 @@ impl ProxyConfig {
         validate_card(&self.card)?;
         validate_session(&self.session)?;
         validate_webauthn(&self.webauthn)?;
-        validate_http(&self.http)
+        validate_http(&self.http)?;
+        require_nonzero("limits.address_burst", u64::from(self.limits.address_burst))?;
+        require_nonzero(
+            "limits.username_max_backoff_s",
+            self.limits.username_max_backoff_s,
+        )
     }
 
     /// Renders the resolved config as TOML. It contains no secret: key
@@ -506,6 +544,17 @@ impl ProxyConfig {
         out.boolean("user_verification", webauthn.user_verification);
 
         describe_http(&mut out, &self.http);
+
+        let limits = &self.limits;
+        out.section("limits");
+        out.number("address_burst", limits.address_burst);
+        out.number("address_refill_ms", limits.address_refill_ms);
+        out.number("username_free_failures", limits.username_free_failures);
+        out.number(
+            "username_first_backoff_ms",
+            limits.username_first_backoff_ms,
+        );
+        out.number("username_max_backoff_s", limits.username_max_backoff_s);
         out.finish()
     }
 

@@ -105,6 +105,17 @@ impl Chain {
     }
 
     fn write_configs(&self, card_device: &str, presence: &str, confirm_timeout_s: u64) {
+        self.write_configs_with(card_device, presence, confirm_timeout_s, "");
+    }
+
+    /// Writes both configs; `extra` is appended to the proxy's.
+    fn write_configs_with(
+        &self,
+        card_device: &str,
+        presence: &str,
+        confirm_timeout_s: u64,
+        extra: &str,
+    ) {
         std::fs::write(
             self.path("server.toml"),
             format!(
@@ -142,6 +153,7 @@ path = "proxy-store"
 [webauthn]
 rp_id = "localhost"
 origin = "https://localhost:{proxy}"
+{extra}
 "#,
                 proxy = self.proxy_port,
                 server = self.server_port,
@@ -496,4 +508,41 @@ fn parallel_counter_calls_with_one_session_are_contiguous() {
     let first = values[0];
     let expected: Vec<u64> = (first..first + 50).collect();
     assert_eq!(values, expected, "values must be distinct and contiguous");
+}
+
+#[test]
+fn identity_headers_grant_nothing_and_attempts_are_throttled() {
+    let chain = Chain::new();
+    let limits = "[limits]\naddress_burst = 4\naddress_refill_ms = 60000\n";
+    chain.write_configs_with("sim", "approve", 30, limits);
+    let _server = chain.server();
+    let _proxy = chain.proxy();
+    let client = chain.client();
+    wait_for_card(&client);
+
+    // Headers that a naive proxy would trust carry no identity here.
+    let url = format!("{}/resource/counter", client.base);
+    let status = client.runtime.block_on(async {
+        client
+            .client
+            .post(&url)
+            .insert_header(("X-Authenticated-User", "alice"))
+            .insert_header(("X-Forwarded-For", "10.1.2.3"))
+            .insert_header(("X-Forwarded-User", "alice"))
+            .send()
+            .await
+            .expect("counter call")
+            .status()
+            .as_u16()
+    });
+    assert_eq!(status, 401, "identity headers must not authenticate");
+
+    // Four attempts from this address are admitted, the fifth is throttled.
+    assert_eq!(client.enroll("erin").0, 200);
+    for _ in 0..3 {
+        assert_eq!(client.login("erin").0, 200);
+    }
+    let (status, body) = client.login("erin");
+    assert_eq!(status, 429, "{body}\n{}", chain.logs());
+    assert_eq!(body["error"], "too_many_requests");
 }

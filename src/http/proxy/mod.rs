@@ -17,6 +17,7 @@ use tokio::sync::broadcast;
 use crate::actors::card::{CardActor, CardSettings, EVENT_CAPACITY};
 use crate::actors::enrollments::EnrollmentsActor;
 use crate::actors::operations::OperationsActor;
+use crate::actors::ratelimit::{RateLimitActor, RateLimitSettings};
 use crate::actors::sessions::{SessionSettings, SessionsActor};
 use crate::actors::upstream::{UpstreamActor, UpstreamSettings};
 use crate::config::{ConfigError, ProxyConfig};
@@ -175,9 +176,18 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
     .start();
 
     let operations = OperationsActor::new(events.clone()).start();
+    let limits = RateLimitActor::new(RateLimitSettings {
+        address_burst: config.limits.address_burst,
+        address_refill: Duration::from_millis(config.limits.address_refill_ms),
+        username_free_failures: config.limits.username_free_failures,
+        username_first_backoff: Duration::from_millis(config.limits.username_first_backoff_ms),
+        username_max_backoff: Duration::from_secs(config.limits.username_max_backoff_s),
+    })
+    .start();
 
     let state = web::Data::new(ProxyState {
         operations,
+        limits,
         sessions,
         enrollments,
         upstream,

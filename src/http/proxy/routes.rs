@@ -15,6 +15,7 @@ use super::ceremony::{store_error, Ceremony, RelyingParty};
 use crate::actors::card::{CardActor, CardEvent, GetHealth};
 use crate::actors::enrollments::{Delete, EnrollmentsActor, List, Lookup, Update, User};
 use crate::actors::operations::{self, OperationKind, OperationsActor, Outcome};
+use crate::actors::ratelimit::{self, RateLimitActor};
 use crate::actors::sessions::{self, IssuedSession, SessionError, SessionInfo, SessionsActor};
 use crate::actors::upstream::{IncrementCounter, UpstreamActor};
 use crate::domain::{parse_display_name, Username};
@@ -29,6 +30,7 @@ pub struct ProxyState {
     pub upstream: Addr<UpstreamActor>,
     pub card: Addr<CardActor>,
     pub operations: Addr<OperationsActor>,
+    pub limits: Addr<RateLimitActor>,
     pub events: broadcast::Sender<CardEvent>,
     pub rp: RelyingParty,
     pub cookie_name: String,
@@ -104,6 +106,48 @@ impl ProxyState {
         }
     }
 
+    /// Refuses a login or enrollment attempt at once when the client
+    /// address or the username is throttled.
+    async fn admit(
+        &self,
+        peer: Option<std::net::IpAddr>,
+        username: &Username,
+    ) -> Result<(), ApiError> {
+        self.limits
+            .send(ratelimit::Admit {
+                address: peer,
+                username: username.as_str().to_string(),
+            })
+            .await
+            .map_err(mailbox)?
+    }
+
+    /// Counts an attempt's outcome against the username when it failed in a
+    /// way an attacker could cause: declined, bad signature, unknown user.
+    fn report<T>(&self, username: &Username, result: &Result<T, ApiError>) {
+        let failed = matches!(
+            result,
+            Err(ApiError::CardDenied(_) | ApiError::Forbidden(_) | ApiError::NotFound(_))
+        );
+        self.limits.do_send(ratelimit::Outcome {
+            username: username.as_str().to_string(),
+            failed,
+        });
+    }
+
+    /// Runs an attempt between [`Self::admit`] and [`Self::report`].
+    async fn limited<T>(
+        &self,
+        peer: Option<std::net::IpAddr>,
+        username: &Username,
+        attempt: impl std::future::Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        self.admit(peer, username).await?;
+        let result = attempt.await;
+        self.report(username, &result);
+        result
+    }
+
     fn next_operation_id(&self) -> u64 {
         self.next_operation.fetch_add(1, Ordering::Relaxed)
     }
@@ -167,6 +211,12 @@ impl ProxyState {
     }
 }
 
+/// The TCP peer's address. Forwarding headers are never consulted: a
+/// client could write anything there.
+fn peer_ip(req: &HttpRequest) -> Option<std::net::IpAddr> {
+    req.peer_addr().map(|a| a.ip())
+}
+
 fn session_error(e: SessionError) -> ApiError {
     match e {
         SessionError::Rng(_) => ApiError::Internal(e.to_string()),
@@ -199,6 +249,7 @@ struct RegisterBody {
 
 async fn enroll_register(
     state: State,
+    req: HttpRequest,
     body: web::Json<RegisterBody>,
 ) -> Result<HttpResponse, ApiError> {
     let username = Username::parse(&body.username)?;
@@ -206,10 +257,9 @@ async fn enroll_register(
     let cancel = Arc::new(AtomicBool::new(false));
     let _guard = CancelOnDrop(cancel.clone());
 
-    let user = state
-        .ceremony(state.next_operation_id(), cancel)
-        .enroll(username, display_name)
-        .await?;
+    let ceremony = state.ceremony(state.next_operation_id(), cancel);
+    let enroll = ceremony.enroll(username.clone(), display_name);
+    let user = state.limited(peer_ip(&req), &username, enroll).await?;
     Ok(HttpResponse::Ok().json(json!({ "ok": true, "user": user_json(&user) })))
 }
 
@@ -347,14 +397,18 @@ struct LoginReply<'a> {
     expires_at: String,
 }
 
-async fn session_login(state: State, body: web::Json<LoginBody>) -> Result<HttpResponse, ApiError> {
+async fn session_login(
+    state: State,
+    req: HttpRequest,
+    body: web::Json<LoginBody>,
+) -> Result<HttpResponse, ApiError> {
     let username = Username::parse(&body.username)?;
     let cancel = Arc::new(AtomicBool::new(false));
     let _guard = CancelOnDrop(cancel.clone());
 
+    let ceremony = state.ceremony(state.next_operation_id(), cancel);
     state
-        .ceremony(state.next_operation_id(), cancel)
-        .login(&username)
+        .limited(peer_ip(&req), &username, ceremony.login(&username))
         .await?;
     let issued = state.issue_session(username).await?;
     Ok(HttpResponse::Ok()
@@ -447,34 +501,47 @@ where
         .json(json!({ "ok": true, "operation": id, "kind": kind, "state": "queued" })))
 }
 
-async fn op_enroll(state: State, body: web::Json<RegisterBody>) -> Result<HttpResponse, ApiError> {
+async fn op_enroll(
+    state: State,
+    req: HttpRequest,
+    body: web::Json<RegisterBody>,
+) -> Result<HttpResponse, ApiError> {
     let username = Username::parse(&body.username)?;
     let display_name = parse_display_name(body.display_name.as_deref().unwrap_or(""))?;
+    state.admit(peer_ip(&req), &username).await?;
     let name = username.clone();
     begin_operation(
         state,
         OperationKind::Enroll,
         &name,
         move |state, card_id, cancel| async move {
-            let user = state
+            let result = state
                 .ceremony(card_id, cancel)
-                .enroll(username, display_name)
-                .await?;
-            Ok(Outcome::Enrolled(json!({ "user": user_json(&user) })))
+                .enroll(username.clone(), display_name)
+                .await;
+            state.report(&username, &result);
+            Ok(Outcome::Enrolled(json!({ "user": user_json(&result?) })))
         },
     )
     .await
 }
 
-async fn op_login(state: State, body: web::Json<LoginBody>) -> Result<HttpResponse, ApiError> {
+async fn op_login(
+    state: State,
+    req: HttpRequest,
+    body: web::Json<LoginBody>,
+) -> Result<HttpResponse, ApiError> {
     let username = Username::parse(&body.username)?;
+    state.admit(peer_ip(&req), &username).await?;
     let name = username.clone();
     begin_operation(
         state,
         OperationKind::Login,
         &name,
         move |state, card_id, cancel| async move {
-            state.ceremony(card_id, cancel).login(&username).await?;
+            let result = state.ceremony(card_id, cancel).login(&username).await;
+            state.report(&username, &result);
+            result?;
             let issued = state.issue_session(username).await?;
             Ok(Outcome::LoggedIn {
                 summary: session_json(&issued.info),
