@@ -117,6 +117,9 @@ pub struct Http {
     /// Milliseconds a client has to send a request's head after connecting;
     /// the same limit applies to the TLS handshake.
     pub client_request_timeout_ms: u64,
+    /// Milliseconds a client has to send a request's whole body after its
+    /// head; a body still incomplete then gets 408.
+    pub body_timeout_ms: u64,
     /// Seconds a graceful stop waits for open requests; 0 stops at once.
     pub shutdown_timeout_s: u64,
     /// Open connections per worker before the listener stops accepting.
@@ -130,6 +133,7 @@ impl Default for Http {
             workers: 0,
             keep_alive_s: 30,
             client_request_timeout_ms: 5000,
+            body_timeout_ms: 10_000,
             shutdown_timeout_s: 10,
             max_connections: 25_000,
         }
@@ -143,6 +147,10 @@ impl Http {
 
     pub fn client_request_timeout(&self) -> Duration {
         Duration::from_millis(self.client_request_timeout_ms)
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
     }
 
     pub fn shutdown_timeout(&self) -> Duration {
@@ -808,6 +816,7 @@ fn validate_http(http: &Http) -> Result<(), ConfigError> {
         "http.client_request_timeout_ms",
         http.client_request_timeout_ms,
     )?;
+    require_nonzero("http.body_timeout_ms", http.body_timeout_ms)?;
     require_nonzero("http.max_connections", http.max_connections as u64)
 }
 
@@ -988,6 +997,7 @@ fn describe_http(out: &mut TomlWriter, http: &Http) {
     out.number("workers", http.workers);
     out.number("keep_alive_s", http.keep_alive_s);
     out.number("client_request_timeout_ms", http.client_request_timeout_ms);
+    out.number("body_timeout_ms", http.body_timeout_ms);
     out.number("shutdown_timeout_s", http.shutdown_timeout_s);
     out.number("max_connections", http.max_connections);
 }

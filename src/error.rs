@@ -26,10 +26,12 @@ pub enum ApiError {
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
+    RequestTimeout(String),
+    #[error("{0}")]
     TooManyRequests(String),
 
     // The card or the person at it.
-    #[error("card not connected: {0}")]
+    #[error("{0}")]
     CardNotConnected(String),
     #[error("{0}")]
     CardBusy(String),
@@ -76,6 +78,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::TooManyRequests(_) => "too_many_requests",
             ApiError::CardNotConnected(_) => "card_not_connected",
             ApiError::CardBusy(_) => "card_busy",
@@ -109,6 +112,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::CardNotConnected(_)
             | ApiError::CardBusy(_)
@@ -150,6 +154,7 @@ mod tests {
             (ApiError::CardDenied("no".into()), 403),
             (ApiError::NotFound("alice".into()), 404),
             (ApiError::Conflict("alice".into()), 409),
+            (ApiError::RequestTimeout("body".into()), 408),
             (ApiError::UpstreamFailed("reset".into()), 502),
             (ApiError::CardNotConnected("sim".into()), 503),
             (ApiError::CardTimeout("30 s".into()), 504),

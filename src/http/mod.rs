@@ -1,11 +1,19 @@
 //! HTTP front ends of the two network roles, and what they share: request
 //! ids, JSON error handling and response headers.
 
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
 use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::error::{JsonPayloadError, QueryPayloadError};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::error::{JsonPayloadError, PayloadError, QueryPayloadError};
 use actix_web::middleware::Next;
+use actix_web::web::Bytes;
 use actix_web::{web, HttpMessage, HttpRequest};
+use futures_util::Stream;
 use tracing::Instrument;
 
 use crate::error::ApiError;
@@ -29,6 +37,77 @@ pub async fn request_span(
     next.call(req).instrument(span).await
 }
 
+/// Time a client has to send a request's whole body after its head, from
+/// `http.body_timeout_ms`. Read from app data by [`body_deadline`].
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeout(pub Duration);
+
+/// Middleware: the request body must arrive within [`BodyTimeout`] of the
+/// head. actix-web bounds only the head (`client_request_timeout`), so
+/// without this a client could announce a body, never send it, and keep
+/// the connection and the handler waiting for ever.
+pub async fn body_deadline(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if let Some(BodyTimeout(timeout)) = req.app_data::<BodyTimeout>().copied() {
+        let body = DeadlineBody {
+            inner: req.take_payload(),
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            timeout,
+            expired: false,
+        };
+        req.set_payload(Payload::Stream {
+            payload: Box::pin(body),
+        });
+    }
+    next.call(req).await
+}
+
+/// A request body that fails with `TimedOut` once its deadline passes.
+struct DeadlineBody {
+    inner: Payload,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+    expired: bool,
+}
+
+impl Stream for DeadlineBody {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.expired {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_next(cx) {
+            Poll::Pending => {}
+            ready => return ready,
+        }
+        if this.deadline.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        this.expired = true;
+        Poll::Ready(Some(Err(PayloadError::Io(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the request body did not arrive within {} ms (http.body_timeout_ms); send it whole, at once after the head",
+                this.timeout.as_millis()
+            ),
+        )))))
+    }
+}
+
+/// Maps an error while reading a request body to the client-facing error.
+pub fn payload_error(e: PayloadError) -> ApiError {
+    match e {
+        PayloadError::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
+            ApiError::RequestTimeout(e.to_string())
+        }
+        other => ApiError::invalid("body", other.to_string()),
+    }
+}
+
 /// JSON body limits and errors that name the problem.
 pub fn json_config(limit: usize) -> web::JsonConfig {
     web::JsonConfig::default()
@@ -48,6 +127,7 @@ fn json_error(e: JsonPayloadError, limit: usize) -> ApiError {
             "body",
             format!("{e}; send a JSON object with the documented fields"),
         ),
+        JsonPayloadError::Payload(e) => payload_error(e),
         other => ApiError::invalid("body", other.to_string()),
     }
 }

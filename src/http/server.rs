@@ -19,6 +19,7 @@ use actix_rt::task::JoinHandle;
 use actix_web::dev::{Server, ServerHandle, Service as _};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::KeepAlive;
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use futures_util::StreamExt as _;
 use serde::Serialize;
@@ -113,6 +114,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let http = config.http.clone();
     let counter_data = web::Data::new(counter.clone());
     let body_limit = web::Data::new(BodyLimit(http.max_body_bytes));
+    let body_timeout = crate::http::BodyTimeout(http.body_timeout());
     let keep_alive = match http.keep_alive_s {
         0 => KeepAlive::Disabled,
         _ => KeepAlive::Timeout(http.keep_alive()),
@@ -122,6 +124,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         App::new()
             .app_data(counter_data.clone())
             .app_data(body_limit.clone())
+            .app_data(body_timeout)
+            .wrap(from_fn(crate::http::body_deadline))
             .wrap_fn(|request, service| {
                 let id = request_id(request.request());
                 let span = tracing::info_span!(
@@ -256,7 +260,7 @@ async fn wrong_method(
 async fn discard_body(mut body: web::Payload, limit: usize) -> Result<(), ApiError> {
     let mut received = 0usize;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|error| ApiError::invalid("body", error.to_string()))?;
+        let chunk = chunk.map_err(crate::http::payload_error)?;
         received = received.saturating_add(chunk.len());
         if received > limit {
             return Err(ApiError::PayloadTooLarge { limit });

@@ -219,6 +219,8 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
             .app_data(state.clone())
             .app_data(crate::http::json_config(http.max_body_bytes))
             .app_data(crate::http::query_config())
+            .app_data(crate::http::BodyTimeout(http.body_timeout()))
+            .wrap(from_fn(crate::http::body_deadline))
             .wrap(from_fn(same_origin))
             .wrap(security_headers())
             .wrap(from_fn(crate::http::request_span))
@@ -226,7 +228,8 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
             .default_service(web::to(crate::http::not_found))
     })
     .keep_alive(Duration::from_secs(config.http.keep_alive_s))
-    .client_request_timeout(Duration::from_millis(config.http.client_request_timeout_ms))
+    .client_request_timeout(config.http.client_request_timeout())
+    .tls_handshake_timeout(config.http.client_request_timeout())
     .shutdown_timeout(config.http.shutdown_timeout_s)
     .max_connections(config.http.max_connections);
     if config.http.workers > 0 {
