@@ -131,7 +131,7 @@ pub enum CardError {
     Status(String),
     #[error("the card sent an invalid response: {0}")]
     Protocol(String),
-    #[error("the card was lost during the operation: {0}")]
+    #[error("the card was lost during the operation ({0}); try again once it is connected")]
     Lost(String),
 }
 
