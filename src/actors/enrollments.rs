@@ -75,11 +75,19 @@ pub enum EnrollmentError {
     },
     #[error("enrollment store failed: {0}")]
     Store(String),
+    /// sled could not read or write its files.
+    #[error("enrollment store failed: {0}")]
+    Io(String),
+    #[error("the enrollment store is closed after a failed write ({0}); free disk space or fix the store folder, then restart the proxy")]
+    Closed(String),
 }
 
 impl From<sled::Error> for EnrollmentError {
     fn from(e: sled::Error) -> Self {
-        EnrollmentError::Store(e.to_string())
+        match e {
+            sled::Error::Io(io) => EnrollmentError::Io(io.to_string()),
+            other => EnrollmentError::Io(other.to_string()),
+        }
     }
 }
 
@@ -154,6 +162,11 @@ pub struct EnrollmentsActor {
     users: sled::Tree,
     credentials: sled::Tree,
     pending: HashSet<Username>,
+    /// Why a write failed, once one has. sled may then hold the change in
+    /// memory without it being on disk, and it refuses later writes, so
+    /// every later request is rejected until a restart reloads what is on
+    /// disk.
+    failed_write: Option<String>,
 }
 
 impl EnrollmentsActor {
@@ -167,6 +180,7 @@ impl EnrollmentsActor {
             users,
             credentials,
             pending: HashSet::new(),
+            failed_write: None,
         })
     }
 
@@ -181,7 +195,26 @@ impl EnrollmentsActor {
             users: users.clone(),
             credentials: credentials.clone(),
             pending: HashSet::new(),
+            failed_write: None,
         }))
+    }
+
+    /// Rejects a request once a write has failed.
+    fn usable(&self) -> Result<(), EnrollmentError> {
+        match &self.failed_write {
+            Some(reason) => Err(EnrollmentError::Closed(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Closes the store for later requests when `error` comes from sled's
+    /// files, and returns it.
+    fn write_failed(&mut self, error: EnrollmentError) -> EnrollmentError {
+        if let EnrollmentError::Io(reason) = &error {
+            tracing::error!(error = %reason, "an enrollment store write failed; the store is closed until a restart");
+            self.failed_write = Some(reason.clone());
+        }
+        error
     }
 
     fn read_user(&self, username: &str) -> Result<Option<User>, EnrollmentError> {
@@ -198,9 +231,11 @@ impl EnrollmentsActor {
         }
     }
 
-    fn flush(&self) -> Result<(), EnrollmentError> {
-        self.db.flush()?;
-        Ok(())
+    fn flush(&mut self) -> Result<(), EnrollmentError> {
+        match self.db.flush() {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.write_failed(e.into())),
+        }
     }
 }
 
@@ -246,6 +281,7 @@ impl Handler<Lookup> for EnrollmentsActor {
     type Result = Result<Option<Enrollment>, EnrollmentError>;
 
     fn handle(&mut self, msg: Lookup, _: &mut Self::Context) -> Self::Result {
+        self.usable()?;
         let Some(user) = self.read_user(msg.username.as_str())? else {
             return Ok(None);
         };
@@ -266,6 +302,7 @@ impl Handler<Reserve> for EnrollmentsActor {
     type Result = Result<(), EnrollmentError>;
 
     fn handle(&mut self, msg: Reserve, _: &mut Self::Context) -> Self::Result {
+        self.usable()?;
         if self.pending.contains(&msg.username) {
             return Err(EnrollmentError::InProgress(msg.username.into_string()));
         }
@@ -290,6 +327,7 @@ impl Handler<Register> for EnrollmentsActor {
 
     fn handle(&mut self, msg: Register, _: &mut Self::Context) -> Self::Result {
         self.pending.remove(&msg.username);
+        self.usable()?;
 
         let now = now_unix();
         let user = User {
@@ -323,7 +361,7 @@ impl Handler<Register> for EnrollmentsActor {
                 credentials.insert(credential_id, credential_bytes.as_slice())?;
                 Ok(())
             })
-            .map_err(transaction_error)?;
+            .map_err(|e| self.write_failed(transaction_error(e)))?;
         self.flush()?;
         tracing::info!(username = %user.username, credential = %hex::encode(credential_id), "user enrolled");
         Ok(user)
@@ -334,13 +372,16 @@ impl Handler<Update> for EnrollmentsActor {
     type Result = Result<User, EnrollmentError>;
 
     fn handle(&mut self, msg: Update, _: &mut Self::Context) -> Self::Result {
+        self.usable()?;
         let Some(mut user) = self.read_user(msg.username.as_str())? else {
             return Err(EnrollmentError::NotEnrolled(msg.username.into_string()));
         };
         user.display_name = msg.display_name;
         user.updated_at = now_unix();
-        self.users
-            .insert(user.username.as_bytes(), encode(&user)?)?;
+        let encoded = encode(&user)?;
+        if let Err(e) = self.users.insert(user.username.as_bytes(), encoded) {
+            return Err(self.write_failed(e.into()));
+        }
         self.flush()?;
         tracing::info!(username = %user.username, "enrollment updated");
         Ok(user)
@@ -351,6 +392,7 @@ impl Handler<Delete> for EnrollmentsActor {
     type Result = Result<User, EnrollmentError>;
 
     fn handle(&mut self, msg: Delete, _: &mut Self::Context) -> Self::Result {
+        self.usable()?;
         let Some(user) = self.read_user(msg.username.as_str())? else {
             return Err(EnrollmentError::NotEnrolled(msg.username.into_string()));
         };
@@ -368,7 +410,7 @@ impl Handler<Delete> for EnrollmentsActor {
                 }
                 Ok::<(), ConflictableTransactionError<EnrollmentError>>(())
             })
-            .map_err(transaction_error)?;
+            .map_err(|e| self.write_failed(transaction_error(e)))?;
         self.flush()?;
         tracing::info!(username = %user.username, "enrollment deleted");
         Ok(user)
@@ -379,6 +421,7 @@ impl Handler<List> for EnrollmentsActor {
     type Result = Result<Vec<User>, EnrollmentError>;
 
     fn handle(&mut self, _: List, _: &mut Self::Context) -> Self::Result {
+        self.usable()?;
         let mut users = Vec::new();
         for entry in self.users.iter() {
             let (key, value) = entry?;
@@ -392,6 +435,7 @@ impl Handler<RecordSignCount> for EnrollmentsActor {
     type Result = Result<(), EnrollmentError>;
 
     fn handle(&mut self, msg: RecordSignCount, _: &mut Self::Context) -> Self::Result {
+        self.usable()?;
         let id_hex = hex::encode(&msg.credential_id);
         let Some(mut credential) = self.read_credential(&msg.credential_id)? else {
             return Err(EnrollmentError::UnknownCredential(id_hex));
@@ -400,8 +444,13 @@ impl Handler<RecordSignCount> for EnrollmentsActor {
         let counterless = stored == 0 && msg.reported == 0;
         if !counterless && msg.reported <= stored {
             credential.possibly_cloned = true;
-            self.credentials
-                .insert(msg.credential_id.as_slice(), encode(&credential)?)?;
+            let encoded = encode(&credential)?;
+            if let Err(e) = self
+                .credentials
+                .insert(msg.credential_id.as_slice(), encoded)
+            {
+                return Err(self.write_failed(e.into()));
+            }
             self.flush()?;
             tracing::warn!(credential = %id_hex, username = %credential.username, stored, reported = msg.reported, "signature counter did not increase; credential marked as possibly cloned");
             return Err(EnrollmentError::CounterNotIncreased {
@@ -415,11 +464,14 @@ impl Handler<RecordSignCount> for EnrollmentsActor {
             // Compare-and-swap so that a concurrent login with the same
             // credential cannot move the counter backwards.
             let current = self.credentials.get(msg.credential_id.as_slice())?;
-            let swapped = self.credentials.compare_and_swap(
-                msg.credential_id.as_slice(),
-                current,
-                Some(encode(&credential)?),
-            )?;
+            let swapped = self
+                .credentials
+                .compare_and_swap(
+                    msg.credential_id.as_slice(),
+                    current,
+                    Some(encode(&credential)?),
+                )
+                .map_err(|e| self.write_failed(e.into()))?;
             if swapped.is_err() {
                 return Err(EnrollmentError::Store(format!(
                     "credential {id_hex} changed during the update; retry the login"

@@ -95,9 +95,10 @@ pub fn store_error(e: EnrollmentError) -> ApiError {
         }
         EnrollmentError::NotEnrolled(_) => ApiError::NotFound(e.to_string()),
         EnrollmentError::CounterNotIncreased { .. } => ApiError::Forbidden(e.to_string()),
-        EnrollmentError::UnknownCredential(_) | EnrollmentError::Store(_) => {
-            ApiError::Storage(e.to_string())
-        }
+        EnrollmentError::UnknownCredential(_)
+        | EnrollmentError::Store(_)
+        | EnrollmentError::Io(_)
+        | EnrollmentError::Closed(_) => ApiError::Storage(e.to_string()),
     }
 }
 
