@@ -53,7 +53,7 @@ pub enum ApiError {
     UpstreamTimeout(String),
 
     // The daemon itself.
-    #[error("storage failed: {0}")]
+    #[error("{0}")]
     Storage(String),
     #[error("service is shutting down or overloaded: {0}")]
     Unavailable(String),

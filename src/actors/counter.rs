@@ -357,7 +357,11 @@ impl SledStore {
     /// Opens (or creates) the database folder at `path`.
     pub fn open(path: &Path) -> Result<Self, CounterError> {
         let failed = |error: sled::Error| {
-            CounterError::Storage(format!("cannot open {}: {error}", path.display()))
+            CounterError::Storage(format!(
+                "cannot open {}: {}",
+                path.display(),
+                sled_reason(error)
+            ))
         };
         let db = sled::open(path).map_err(failed)?;
         let tree = db.open_tree(Self::TREE).map_err(failed)?;
@@ -369,7 +373,20 @@ impl SledStore {
     }
 
     fn failed(&self, action: &str, error: sled::Error) -> CounterError {
-        CounterError::Storage(format!("{action} {}: {error}", self.path.display()))
+        CounterError::Storage(format!(
+            "{action} {}: {}",
+            self.path.display(),
+            sled_reason(error)
+        ))
+    }
+}
+
+/// The text of a sled error; sled's own text for an I/O error is the
+/// Debug form of `io::Error`.
+fn sled_reason(error: sled::Error) -> String {
+    match error {
+        sled::Error::Io(error) => error.to_string(),
+        other => other.to_string(),
     }
 }
 

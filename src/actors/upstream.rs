@@ -97,6 +97,19 @@ fn send_error(url: &str, e: SendRequestError) -> ApiError {
     }
 }
 
+/// The `details` of k_server's JSON error body, or the start of the body
+/// when it is something else.
+fn upstream_error_text(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct ErrorReply {
+        details: String,
+    }
+    match serde_json::from_slice::<ErrorReply>(body) {
+        Ok(reply) => reply.details,
+        Err(_) => String::from_utf8_lossy(body.get(..200).unwrap_or(body)).into_owned(),
+    }
+}
+
 impl Actor for UpstreamActor {
     type Context = Context<Self>;
 
@@ -133,7 +146,7 @@ impl Handler<IncrementCounter> for UpstreamActor {
             if !status.is_success() {
                 return Err(ApiError::UpstreamFailed(format!(
                     "{url} answered {status}: {}",
-                    String::from_utf8_lossy(&body[..body.len().min(200)])
+                    upstream_error_text(&body)
                 )));
             }
             match serde_json::from_slice::<CounterReply>(&body) {
