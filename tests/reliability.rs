@@ -949,3 +949,261 @@ fn slow_and_idle_clients_do_not_starve_others() {
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A tmpfs mounted for one test and unmounted when dropped.
+struct TmpfsMount {
+    path: std::path::PathBuf,
+}
+
+impl TmpfsMount {
+    /// Mounts a tmpfs of `size_kib` at `path`; `None` when this process may
+    /// not mount (not root, or no mount permission in the sandbox).
+    fn new(path: std::path::PathBuf, size_kib: u64) -> Option<TmpfsMount> {
+        std::fs::create_dir_all(&path).expect("create mount point");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_kib}k"), "tmpfs"])
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then_some(TmpfsMount { path })
+    }
+
+    /// Remounts read-only (`ro`) or read-write (`rw`). Fails while a file
+    /// on it is open for writing.
+    fn remount(&self, mode: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(&self.path)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "remount {mode} of {}",
+            self.path.display()
+        );
+    }
+
+    /// Writes a filler file until the file system is full; returns its size.
+    fn fill(&self) -> u64 {
+        use std::io::Write;
+        let mut file = std::fs::File::create(self.path.join("filler")).expect("create filler");
+        let chunk = vec![0u8; 4096];
+        let mut written = 0;
+        while file.write_all(&chunk).is_ok() {
+            written += chunk.len() as u64;
+        }
+        // Whatever still fits in the last partial block.
+        while file.write_all(&chunk[..1]).is_ok() {
+            written += 1;
+        }
+        written
+    }
+
+    fn unfill(&self) {
+        std::fs::remove_file(self.path.join("filler")).expect("remove filler");
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// Mounts a tmpfs for a store test, or explains why the test is skipped.
+fn mount_or_skip(chain: &Chain, name: &str) -> Option<TmpfsMount> {
+    let mount = TmpfsMount::new(chain.path(name), 4096);
+    if mount.is_none() {
+        eprintln!("SKIPPED: this process may not mount a tmpfs (the test needs root)");
+    }
+    mount
+}
+
+#[test]
+fn full_disk_rejects_writes_and_keeps_serving() {
+    let chain = Chain::new();
+    let Some(proxy_disk) = mount_or_skip(&chain, "proxy-disk") else {
+        return;
+    };
+    let Some(server_disk) = mount_or_skip(&chain, "server-disk") else {
+        return;
+    };
+    let mut settings = chain.proxy_settings();
+    settings.store = proxy_disk.path.join("store");
+    chain.write_server_config(&server_disk.path.join("store"), "");
+    chain.write_proxy_config(&settings);
+    let mut server = chain.server();
+    let mut proxy = chain.proxy();
+    let client = chain.client();
+    wait_for_card(&client);
+    assert_eq!(client.enroll("alice").0, 200);
+    let (_, login) = client.login("alice");
+    let token = token_of(&login);
+    let mut values = vec![value_of(&client.counter(&token).1)];
+
+    // 1. The proxy's disk fills up: display-name updates write until one
+    //    fails, then the store refuses everything with a clear error, and
+    //    the rest of the proxy keeps serving.
+    proxy_disk.fill();
+    let mut last_stored = None;
+    let mut failed = None;
+    for i in 0..500 {
+        let name = format!("name {i:058}");
+        let (status, body) = client.post(
+            "/enroll/update",
+            Some(&token),
+            Some(serde_json::json!({ "display_name": name })),
+        );
+        if status != 200 {
+            failed = Some((i, status, body));
+            break;
+        }
+        last_stored = Some(name);
+    }
+    let (updates, status, body) = failed.expect("500 updates fitted on a full disk");
+    assert_eq!(status, 500, "update on a full disk: {body}");
+    assert_eq!(body["error"], "storage_failed", "{body}");
+    let details = body["details"].as_str().unwrap_or("");
+    assert!(details.contains("No space left on device"), "{details}");
+
+    let (status, body) = client.enroll("bob");
+    assert_eq!(status, 500, "enroll after a failed write: {body}");
+    let details = body["details"].as_str().unwrap_or("");
+    assert!(details.contains("closed after a failed write"), "{details}");
+    let (status, body) = client.get("/enroll/status?username=alice");
+    assert_eq!(
+        status, 500,
+        "a read must not show what was not stored: {body}"
+    );
+    let (status, body) = client.get("/health");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = client.post("/session/status", Some(&token), None);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = client.counter(&token);
+    assert_eq!(status, 200, "counter with the proxy's disk full: {body}");
+    values.push(value_of(&body));
+
+    // 2. The server's disk fills up: increments fail with a clear error,
+    //    and the server still answers its health check.
+    server_disk.fill();
+    let server_client = chain.server_client();
+    let mut server_error = None;
+    for _ in 0..20_000 {
+        let (status, body) = server_client.post("/resource/counter", None, None);
+        if status != 200 {
+            server_error = Some((status, body));
+            break;
+        }
+        values.push(value_of(&body));
+    }
+    let (status, body) = server_error.expect("20000 increments fitted on a full disk");
+    assert_eq!(status, 500, "increment on a full disk: {body}");
+    assert_eq!(body["error"], "storage_failed", "{body}");
+    let details = body["details"].as_str().unwrap_or("");
+    assert!(details.contains("No space left on device"), "{details}");
+    let (status, body) = client.counter(&token);
+    assert_eq!(status, 502, "counter through the proxy: {body}");
+    let details = body["details"].as_str().unwrap_or("");
+    assert!(details.contains("No space left on device"), "{details}");
+    let (status, body) = server_client.get("/health");
+    assert_eq!(status, 200, "server health with a full disk: {body}");
+    let increments_before_full = values.len();
+
+    // 3. Space returns and both daemons restart after a crash: the stores
+    //    open, hold exactly what was acknowledged, and accept writes.
+    proxy_disk.unfill();
+    server_disk.unfill();
+    server.kill();
+    proxy.kill();
+    let _server = chain.server();
+    let _proxy = chain.proxy();
+    wait_for_card(&client);
+    let (status, body) = client.get("/enroll/status?username=alice");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["user"]["display_name"].as_str(),
+        last_stored.as_deref(),
+        "the display name must be the last one acknowledged"
+    );
+    assert!(
+        !client.enrolled("bob"),
+        "the rejected enrollment was stored"
+    );
+    let (status, login) = client.login("alice");
+    assert_eq!(status, 200, "login after the restart: {login}");
+    let (status, body) = client.counter(&token_of(&login));
+    assert_eq!(status, 200, "counter after the restart: {body}");
+    let next = value_of(&body);
+    assert!(
+        values.iter().all(|v| *v < next),
+        "value {next} after the restart repeats or precedes an earlier one"
+    );
+    values.sort_unstable();
+    values.dedup();
+    assert_eq!(
+        values.len(),
+        increments_before_full,
+        "a value was returned twice"
+    );
+    eprintln!(
+        "full disk: the proxy failed at update {updates}, the server after {} increments",
+        increments_before_full
+    );
+}
+
+#[test]
+fn read_only_store_stops_start_with_clear_error() {
+    let chain = Chain::new();
+    let Some(disk) = mount_or_skip(&chain, "disk") else {
+        return;
+    };
+    let mut settings = chain.proxy_settings();
+    settings.store = disk.path.join("proxy-store");
+    chain.write_server_config(&disk.path.join("server-store"), "");
+    chain.write_proxy_config(&settings);
+    let mut server = chain.server();
+    let mut proxy = chain.proxy();
+    let client = chain.client();
+    wait_for_card(&client);
+    assert_eq!(client.enroll("alice").0, 200);
+    let (_, login) = client.login("alice");
+    let first = value_of(&client.counter(&token_of(&login)).1);
+    server.terminate();
+    proxy.terminate();
+
+    disk.remount("ro");
+    for (role, config) in [("server", "server.toml"), ("proxy", "proxy.toml")] {
+        let output = std::process::Command::new(common::chain::BIN)
+            .args([role, "--config"])
+            .arg(chain.path(config))
+            .output()
+            .expect("run the role");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "the {role} started on a read-only store"
+        );
+        assert!(
+            stderr.contains("cannot open the store at") && stderr.contains("Read-only file system"),
+            "the {role}'s message should name the store and the reason: {stderr}"
+        );
+        eprintln!(
+            "read-only store: {role}: {}",
+            stderr.lines().last().unwrap_or("")
+        );
+    }
+
+    disk.remount("rw");
+    let _server = chain.server();
+    let _proxy = chain.proxy();
+    wait_for_card(&client);
+    let (status, login) = client.login("alice");
+    assert_eq!(status, 200, "{login}");
+    let (status, body) = client.counter(&token_of(&login));
+    assert_eq!(status, 200, "{body}");
+    assert!(value_of(&body) > first);
+}
