@@ -8,6 +8,21 @@ pub const USERNAME_LEN: std::ops::RangeInclusive<usize> = 3..=32;
 /// Longest display name, in characters.
 pub const DISPLAY_NAME_MAX: usize = 64;
 
+/// Characters of a rejected value quoted back in an error message; the
+/// rest is cut, so that a reply never echoes a huge input.
+pub const QUOTED_MAX: usize = 40;
+
+/// `input` in quotes with escapes, cut after [`QUOTED_MAX`] characters.
+pub fn quoted(input: &str) -> String {
+    let mut chars = input.chars();
+    let shown: String = chars.by_ref().take(QUOTED_MAX).collect();
+    if chars.next().is_some() {
+        format!("{shown:?}…")
+    } else {
+        format!("{shown:?}")
+    }
+}
+
 /// A username: lowercased, 3 to 32 characters of `a-z 0-9 . _ -`.
 ///
 /// Input is lowercased first, so `Alice` and `alice` are the same user.
@@ -25,7 +40,8 @@ impl Username {
             return Err(ApiError::invalid(
                 "username",
                 format!(
-                    "{input:?} has {len} characters; use {} to {}",
+                    "{} has {len} characters; use {} to {}",
+                    quoted(input),
                     USERNAME_LEN.start(),
                     USERNAME_LEN.end()
                 ),
@@ -36,7 +52,10 @@ impl Username {
         }) {
             return Err(ApiError::invalid(
                 "username",
-                format!("{input:?} contains {bad:?}; use only letters a-z, digits 0-9, '.', '_' and '-'"),
+                format!(
+                    "{} contains {bad:?}; use only letters a-z, digits 0-9, '.', '_' and '-'",
+                    quoted(input)
+                ),
             ));
         }
         Ok(Username(lowered))
@@ -114,6 +133,19 @@ mod tests {
                 "{input:?} gave {error:?}"
             );
         }
+    }
+
+    #[test]
+    fn username_error_quotes_at_most_forty_characters() {
+        let error = Username::parse(&"a".repeat(10_000))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("10000 characters"), "{error}");
+        assert!(
+            error.contains(&format!("\"{}\"…", "a".repeat(40))),
+            "{error}"
+        );
+        assert!(error.len() < 200, "{error}");
     }
 
     #[test]

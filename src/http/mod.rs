@@ -112,16 +112,24 @@ pub fn payload_error(e: PayloadError) -> ApiError {
 pub fn json_config(limit: usize) -> web::JsonConfig {
     web::JsonConfig::default()
         .limit(limit)
-        .error_handler(move |e, _| json_error(e, limit).into())
+        .error_handler(move |e, req| json_error(e, req, limit).into())
 }
 
-fn json_error(e: JsonPayloadError, limit: usize) -> ApiError {
+fn json_error(e: JsonPayloadError, req: &HttpRequest, limit: usize) -> ApiError {
     match e {
         JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
             ApiError::PayloadTooLarge { limit }
         }
         JsonPayloadError::ContentType => {
-            ApiError::invalid("body", "send it with `Content-Type: application/json`")
+            let sent = req
+                .headers()
+                .get(actix_web::http::header::CONTENT_TYPE)
+                .map(|value| crate::domain::quoted(&String::from_utf8_lossy(value.as_bytes())));
+            let reason = match sent {
+                Some(sent) => format!("Content-Type {sent} is not JSON; send the body with `Content-Type: application/json`"),
+                None => "the Content-Type header is missing; send the body with `Content-Type: application/json`".to_string(),
+            };
+            ApiError::invalid("body", reason)
         }
         JsonPayloadError::Deserialize(e) => ApiError::invalid(
             "body",
@@ -147,6 +155,20 @@ pub async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiE
     Err(ApiError::NotFound(format!(
         "no endpoint {} {}; see the API list in the README",
         req.method(),
-        req.path()
+        shown_path(req.path())
     )))
+}
+
+/// Longest request path quoted in an error message, in characters.
+const SHOWN_PATH_MAX: usize = 100;
+
+/// `path` for an error message, cut after [`SHOWN_PATH_MAX`] characters.
+pub fn shown_path(path: &str) -> String {
+    let mut chars = path.chars();
+    let shown: String = chars.by_ref().take(SHOWN_PATH_MAX).collect();
+    if chars.next().is_some() {
+        format!("{shown}…")
+    } else {
+        shown
+    }
 }

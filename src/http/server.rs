@@ -238,7 +238,7 @@ async fn not_found(request: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound(format!(
         "no route for {} {}; the server serves GET /health and POST /resource/counter",
         request.method(),
-        request.path()
+        crate::http::shown_path(request.path())
     )))
 }
 
@@ -251,7 +251,7 @@ async fn wrong_method(
     Err(ApiError::NotFound(format!(
         "{} {} is not served; use {allowed}",
         request.method(),
-        request.path()
+        crate::http::shown_path(request.path())
     )))
 }
 

@@ -177,9 +177,13 @@ impl ProxyState {
 
     async fn session(&self, req: &HttpRequest) -> Result<(String, SessionInfo), ApiError> {
         let token = self.token(req).ok_or_else(|| {
-            ApiError::Unauthorized(
-                "no session: send `Authorization: Bearer TOKEN` or the session cookie; log in first".into(),
-            )
+            // The header's value is not quoted: it may be a token.
+            let reason = if req.headers().contains_key(actix_web::http::header::AUTHORIZATION) {
+                "the Authorization header is not of the form `Bearer TOKEN`; send the token from the login reply that way or in the session cookie"
+            } else {
+                "no session: send `Authorization: Bearer TOKEN` or the session cookie; log in first"
+            };
+            ApiError::Unauthorized(reason.into())
         })?;
         let info = self
             .sessions
@@ -346,10 +350,21 @@ struct DeleteBody {
 async fn enroll_delete(
     state: State,
     req: HttpRequest,
-    body: Option<web::Json<DeleteBody>>,
+    body: Result<web::Json<DeleteBody>, actix_web::Error>,
 ) -> Result<HttpResponse, ApiError> {
     let (_, session) = state.session(&req).await?;
-    let body = body.map(|b| b.into_inner()).unwrap_or_default();
+    // A request without a body means `{}`; a body that is not valid JSON is
+    // an error, never a silent "delete my own enrollment".
+    let body = match body {
+        Ok(body) => body.into_inner(),
+        Err(_) if has_no_body(&req) => DeleteBody::default(),
+        Err(e) => {
+            return Err(e
+                .as_error::<ApiError>()
+                .cloned()
+                .unwrap_or_else(|| ApiError::invalid("body", e.to_string())))
+        }
+    };
     let username = own_user(&session, body.username.as_deref())?;
     let user = state
         .enrollments
@@ -369,6 +384,17 @@ async fn enroll_delete(
     Ok(HttpResponse::Ok()
         .cookie(state.expired_cookie())
         .json(json!({ "ok": true, "deleted": user.username, "sessions_ended": ended })))
+}
+
+/// Whether the request announces no body: no `Transfer-Encoding` and a
+/// `Content-Length` that is absent or 0.
+fn has_no_body(req: &HttpRequest) -> bool {
+    let headers = req.headers();
+    let length = headers
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .map(|value| value.as_bytes());
+    !headers.contains_key(actix_web::http::header::TRANSFER_ENCODING)
+        && matches!(length, None | Some(b"0"))
 }
 
 async fn enroll_list(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
