@@ -5,6 +5,7 @@
 // Each test crate compiles this module and uses only some of it.
 #![allow(dead_code)]
 
+pub mod card_relay;
 pub mod chain;
 
 use std::net::SocketAddr;
