@@ -154,7 +154,7 @@ fn wait_for_successes(successes: &AtomicU64, target: u64, deadline: Instant) -> 
 
 #[test]
 fn server_kill_during_increments_never_repeats_a_value() {
-    const KILLS: u64 = 3;
+    const KILLS: u64 = 8;
     const SUCCESSES_PER_ROUND: u64 = 1000;
     const CONCURRENCY: usize = 64;
 
@@ -842,7 +842,9 @@ fn slow_and_idle_clients_do_not_starve_others() {
     const HEAD_TIMEOUT: Duration = Duration::from_millis(2000);
     const BODY_TIMEOUT: Duration = Duration::from_millis(1500);
     const KEEP_ALIVE: Duration = Duration::from_secs(2);
-    const SLACK: Duration = Duration::from_millis(1500);
+    // Scheduling slack: 450 connections are opened and polled from one
+    // thread, on a machine that may run other tests at the same time.
+    const SLACK: Duration = Duration::from_millis(2000);
     const COUNTS: [(Stall, usize, &str); 5] = [
         (Stall::HalfOpenTls, 200, ""),
         (Stall::HeadByteByByte, 100, "408"),
