@@ -243,8 +243,31 @@ origin = "https://localhost:{proxy}"
 
     /// Writes both configs with default settings and the in-process card.
     pub fn write_default_configs(&self) {
+        self.write_configs("sim", "approve", 30);
+    }
+
+    /// Writes both configs, the proxy's with this card and simulated
+    /// person.
+    pub fn write_configs(&self, card_device: &str, presence: &str, confirm_timeout_s: u64) {
+        self.write_configs_with(card_device, presence, confirm_timeout_s, "");
+    }
+
+    /// Writes both configs; `extra` is appended to the proxy's.
+    pub fn write_configs_with(
+        &self,
+        card_device: &str,
+        presence: &str,
+        confirm_timeout_s: u64,
+        extra: &str,
+    ) {
         self.write_server_config(&self.path("server-store"), "");
-        self.write_proxy_config(&self.proxy_settings());
+        self.write_proxy_config(&ProxySettings {
+            card_device: card_device.into(),
+            presence: presence.into(),
+            confirm_timeout_s,
+            extra: extra.into(),
+            ..self.proxy_settings()
+        });
     }
 
     /// The `card.device` value for this chain's `card-sim` over UDP.
