@@ -8,18 +8,19 @@ pub const USERNAME_LEN: std::ops::RangeInclusive<usize> = 3..=32;
 /// Longest display name, in characters.
 pub const DISPLAY_NAME_MAX: usize = 64;
 
-/// Characters of a rejected value quoted back in an error message; the
-/// rest is cut, so that a reply never echoes a huge input.
+/// Maximum characters of a rejected value quoted back in an error message.
+/// The rest is cut, so that a reply never echoes a huge input.
 pub const QUOTED_MAX: usize = 40;
 
-/// `input` in quotes with escapes, cut after [`QUOTED_MAX`] characters.
+/// Returns `input` in quotes with escapes, cut after [`QUOTED_MAX`]
+/// characters.
 pub fn quoted(input: &str) -> String {
     let mut chars = input.chars();
-    let shown: String = chars.by_ref().take(QUOTED_MAX).collect();
+    let prefix: String = chars.by_ref().take(QUOTED_MAX).collect();
     if chars.next().is_some() {
-        format!("{shown:?}…")
+        format!("{prefix:?}…")
     } else {
-        format!("{shown:?}")
+        format!("{prefix:?}")
     }
 }
 

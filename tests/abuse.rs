@@ -1,5 +1,5 @@
 //! Abuse of the proxy on loopback: throttling by address and username,
-//! cloned or replayed card answers, session tokens that must rotate and
+//! cloned or replayed card responses, session tokens that must rotate and
 //! end at once, and tokens that must never reach a log.
 
 mod common;
@@ -61,7 +61,7 @@ fn address(last: u8) -> IpAddr {
 }
 
 #[test]
-fn rate_limits_throttle_addresses_and_usernames_briefly() {
+fn throttling_by_address_and_username() {
     const REFILL: Duration = Duration::from_millis(1000);
     const MAX_BACKOFF: Duration = Duration::from_secs(1);
     const SLACK: Duration = Duration::from_millis(500);
@@ -97,9 +97,12 @@ fn rate_limits_throttle_addresses_and_usernames_briefly() {
             reply.json()
         );
     }
-    let refused = post_from(address(2), &chain, "/session/login", &login("nobody9"));
-    assert_eq!(refused.status, 429, "{:?}", refused.json());
-    let details = refused.json()["details"].as_str().unwrap_or("").to_string();
+    let rejected = post_from(address(2), &chain, "/session/login", &login("nobody9"));
+    assert_eq!(rejected.status, 429, "{:?}", rejected.json());
+    let details = rejected.json()["details"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     assert!(details.contains("from this address"), "{details}");
     let other = post_from(address(3), &chain, "/session/login", &login("nobody9"));
     assert_eq!(
@@ -120,16 +123,16 @@ fn rate_limits_throttle_addresses_and_usernames_briefly() {
     );
 
     // 2. Per username: failures from many addresses start a backoff for
-    //    that name, refused attempts do not extend it, and it never lasts
+    //    that name, rejected attempts do not extend it, and it never lasts
     //    longer than username_max_backoff_s after the last failure.
     let mut last_failure = Instant::now();
-    let mut refusals = 0;
+    let mut rejections = 0;
     for i in 0..30u8 {
         let reply = post_from(address(10 + i), &chain, "/session/login", &login("victim"));
         match reply.status {
             404 => last_failure = Instant::now(),
             429 => {
-                refusals += 1;
+                rejections += 1;
                 let details = reply.json()["details"].as_str().unwrap_or("").to_string();
                 assert!(details.contains("for victim"), "{details}");
             }
@@ -137,7 +140,7 @@ fn rate_limits_throttle_addresses_and_usernames_briefly() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(refusals > 0, "30 failures never started the backoff");
+    assert!(rejections > 0, "30 failures never started the backoff");
     let wait = MAX_BACKOFF.saturating_sub(last_failure.elapsed());
     std::thread::sleep(wait + Duration::from_millis(50));
     let admitted = Instant::now();
@@ -153,7 +156,7 @@ fn rate_limits_throttle_addresses_and_usernames_briefly() {
     assert_eq!(status, 200, "the real user's login: {body}");
     assert!(admitted - last_failure < MAX_BACKOFF + SLACK);
     eprintln!(
-        "rate limits: address burst 3 then 429; username backoff refused {refusals} of 30 \
+        "rate limits: address burst 3 then 429; username backoff rejected {rejections} of 30 \
          attempts; the user got in {:?} after the last failure",
         admitted - last_failure
     );
@@ -173,7 +176,7 @@ fn stored_credentials(store: &Path) -> Vec<cardgate::actors::enrollments::Creden
 }
 
 #[test]
-fn sign_count_that_does_not_increase_rejects_login_and_flags_credential() {
+fn login_rejects_stale_sign_count() {
     let chain = Chain::new();
     chain.write_default_configs();
     let sign_count_file = chain.path("card-inproc/sign-count");
@@ -226,8 +229,8 @@ fn sign_count_that_does_not_increase_rejects_login_and_flags_credential() {
     assert_eq!(status, 200, "login with count 11: {body}");
 }
 
-/// The CBOR map of a successful getAssertion response, after its status
-/// byte.
+/// Returns the CBOR map of a successful getAssertion response, after its
+/// status byte.
 fn assertion_map(payload: &[u8]) -> Vec<(Cbor, Cbor)> {
     let (status, body) = payload.split_first().expect("a status byte");
     assert_eq!(*status, 0, "the card's response was not a success");
@@ -305,7 +308,7 @@ fn not_cbor(_: &[u8]) -> Vec<u8> {
 type Rewrite = fn(&[u8]) -> Vec<u8>;
 
 #[test]
-fn replayed_or_tampered_assertions_are_rejected() {
+fn replayed_or_tampered_assertions_fail() {
     let chain = Chain::new();
     let relay = CardRelay::start(SocketAddr::from(([127, 0, 0, 1], chain.card_port)));
     let mut settings = chain.proxy_settings();
@@ -416,7 +419,7 @@ fn replayed_or_tampered_assertions_are_rejected() {
     assert!(!logs.contains("panicked"), "a process panicked:\n{logs}");
 }
 
-/// The value of the `cardgate_session` cookie that a response sets.
+/// Returns the value of the `cardgate_session` cookie that a response sets.
 fn session_cookie(headers: &awc::http::header::HeaderMap) -> Option<String> {
     headers
         .get_all("set-cookie")
@@ -427,7 +430,7 @@ fn session_cookie(headers: &awc::http::header::HeaderMap) -> Option<String> {
 }
 
 #[test]
-fn tokens_rotate_and_end_on_the_very_next_request() {
+fn tokens_rotate_and_end_at_once() {
     let chain = Chain::new();
     chain.write_default_configs();
     let _server = chain.server();
@@ -493,7 +496,7 @@ fn tokens_rotate_and_end_on_the_very_next_request() {
 }
 
 #[test]
-fn sessions_expire_when_idle_and_at_their_lifetime() {
+fn sessions_expire_idle_and_at_lifetime() {
     let chain = Chain::new();
     let mut settings = chain.proxy_settings();
     settings.extra =
@@ -564,7 +567,7 @@ fn portal_login(client: &Client, username: &str) -> (String, String) {
 }
 
 #[test]
-fn tokens_and_operation_ids_never_appear_in_logs() {
+fn logs_never_contain_secrets() {
     let mut chain = Chain::new();
     // Every level, with the card's report dumps and the HTTP libraries.
     chain.rust_log = "trace".into();
@@ -616,7 +619,7 @@ fn tokens_and_operation_ids_never_appear_in_logs() {
         .expect("an operation id")
         .to_string();
     secrets.push(pending.clone());
-    // A cross-site cancel is refused, and refusals are logged.
+    // A cross-site cancel is rejected, and rejections are logged.
     let cancel_url = client.url(&format!("/op/{pending}/cancel"));
     let status = client.runtime.block_on(async {
         client

@@ -1,7 +1,7 @@
 //! Hostile and malformed input to the proxy and the server over real TLS:
 //! a table of hand-written requests, a seeded mutation sweep of JSON
 //! bodies, and bytes that are not TLS at all. Every case must get a clean
-//! answer, and the chain must work normally afterwards.
+//! response, and the chain must work normally afterwards.
 
 mod common;
 
@@ -116,7 +116,7 @@ fn sweep_chain() -> (Chain, common::chain::Proc, common::chain::Proc, String) {
 }
 
 #[test]
-fn table_of_bad_requests_gets_clean_json_errors() {
+fn bad_requests_get_json_errors() {
     let (chain, _server, _proxy, token) = sweep_chain();
     let ca = chain.path("certs/ca.crt");
     let bearer = format!("Bearer {token}");
@@ -625,7 +625,7 @@ fn mutate(rng: &mut Rng, body: &[u8]) -> Vec<u8> {
 }
 
 #[test]
-fn mutated_json_bodies_never_cause_server_errors() {
+fn mutated_bodies_never_cause_5xx() {
     const CASES: usize = 5000;
     const SEED: u64 = 0x5eed_cafe_f00d_0007;
 
@@ -716,7 +716,7 @@ fn plain_tcp_exchange(port: u16, bytes: &[u8]) -> (Vec<u8>, bool) {
     }
 }
 
-/// Sends `bytes` inside a TLS connection and returns the raw answer and
+/// Sends `bytes` inside a TLS connection and returns the raw response and
 /// whether the server closed the connection.
 fn tls_exchange(chain: &Chain, port: u16, bytes: &[u8]) -> (Vec<u8>, bool) {
     let mut stream =
@@ -741,7 +741,7 @@ fn tls_exchange(chain: &Chain, port: u16, bytes: &[u8]) -> (Vec<u8>, bool) {
 }
 
 #[test]
-fn non_tls_and_broken_http_are_closed_and_daemons_keep_serving() {
+fn non_tls_and_broken_http_are_closed() {
     let (chain, _server, _proxy, token) = sweep_chain();
     let mut garbage = vec![0u8; 4096];
     let mut rng = Rng(7);
@@ -750,7 +750,7 @@ fn non_tls_and_broken_http_are_closed_and_daemons_keep_serving() {
     }
 
     // Bytes that are not TLS, to both TLS ports: the connection is closed
-    // and no HTTP answer is ever sent in clear.
+    // and no HTTP response is ever sent in clear.
     let plain: [(&str, &[u8]); 4] = [
         (
             "plain HTTP",
@@ -847,7 +847,7 @@ fn non_tls_and_broken_http_are_closed_and_daemons_keep_serving() {
 }
 
 #[test]
-fn after_the_sweep_a_normal_flow_works_and_nothing_panicked() {
+fn normal_flow_works_after_garbage() {
     let (chain, _server, mut proxy, token) = sweep_chain();
     let ca = chain.path("certs/ca.crt");
 

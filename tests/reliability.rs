@@ -153,7 +153,7 @@ fn wait_for_successes(successes: &AtomicU64, target: u64, deadline: Instant) -> 
 }
 
 #[test]
-fn server_kill_during_increments_never_repeats_a_value() {
+fn server_kill_never_repeats_values() {
     const KILLS: u64 = 8;
     const SUCCESSES_PER_ROUND: u64 = 1000;
     const CONCURRENCY: usize = 64;
@@ -221,7 +221,7 @@ fn server_kill_during_increments_never_repeats_a_value() {
     assert!(values.len() as u64 >= (KILLS + 1) * SUCCESSES_PER_ROUND);
 }
 
-/// Accepts TCP connections on 127.0.0.1:`port` and never answers them,
+/// Accepts TCP connections on 127.0.0.1:`port` and never responds,
 /// like a server that hangs before its TLS handshake. Stops when the
 /// returned flag is set or after 60 s, and closes what it accepted.
 fn hanging_listener(port: u16) -> (Arc<AtomicBool>, std::thread::JoinHandle<usize>) {
@@ -271,7 +271,7 @@ fn concurrent_counter_calls(
 }
 
 #[test]
-fn proxy_fails_fast_while_server_is_down_or_hanging_and_recovers() {
+fn upstream_outage_fails_fast_and_recovers() {
     const REQUEST_TIMEOUT: Duration = Duration::from_millis(1500);
     const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
     // Scheduling slack on a busy machine.
@@ -354,7 +354,7 @@ fn proxy_fails_fast_while_server_is_down_or_hanging_and_recovers() {
         failures.len()
     );
 
-    // 2. Hanging before TLS: a listener that accepts and never answers.
+    // 2. Hanging before TLS: a listener that accepts and never responds.
     server.kill();
     let (stop_listener, listener) = hanging_listener(chain.server_port);
     let calls = concurrent_counter_calls(&client, &token, 16);
@@ -442,9 +442,9 @@ fn kill_proxy_during(
 }
 
 #[test]
-fn proxy_kill_during_enroll_or_login_leaves_users_whole() {
+fn proxy_kill_leaves_users_whole() {
     // The simulated person confirms after this long, which leaves a window
-    // for the kill while the card waits and right after it answers.
+    // for the kill while the card waits and right after it responds.
     const PRESENCE_DELAY_MS: u64 = 300;
 
     let chain = Chain::new();
@@ -588,7 +588,7 @@ fn post_in_background<'scope>(
 }
 
 #[test]
-fn card_vanishing_mid_login_fails_clearly_and_queue_recovers() {
+fn card_loss_mid_login_frees_queue() {
     const PRESENCE_DELAY_MS: u64 = 1500;
     const IDLE_TIMEOUT: Duration = Duration::from_millis(1000);
     const LOGIN_GRACE: Duration = Duration::from_millis(4000);
@@ -838,7 +838,7 @@ impl Stalled {
 }
 
 #[test]
-fn slow_and_idle_clients_do_not_starve_others() {
+fn slow_clients_do_not_starve_others() {
     const HEAD_TIMEOUT: Duration = Duration::from_millis(2000);
     const BODY_TIMEOUT: Duration = Duration::from_millis(1500);
     const KEEP_ALIVE: Duration = Duration::from_secs(2);
@@ -1026,7 +1026,7 @@ fn mount_or_skip(chain: &Chain, name: &str) -> Option<TmpfsMount> {
 }
 
 #[test]
-fn full_disk_rejects_writes_and_keeps_serving() {
+fn full_disk_rejects_writes_only() {
     let chain = Chain::new();
     let Some(proxy_disk) = mount_or_skip(&chain, "proxy-disk") else {
         return;
@@ -1158,7 +1158,7 @@ fn full_disk_rejects_writes_and_keeps_serving() {
 }
 
 #[test]
-fn read_only_store_stops_start_with_clear_error() {
+fn read_only_store_stops_start() {
     let chain = Chain::new();
     let Some(disk) = mount_or_skip(&chain, "disk") else {
         return;

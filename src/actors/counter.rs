@@ -381,8 +381,8 @@ impl SledStore {
     }
 }
 
-/// The text of a sled error; sled's own text for an I/O error is the
-/// Debug form of `io::Error`.
+/// Returns the text of a sled error. sled's own text for an I/O error is
+/// the Debug form of `io::Error`, so this uses its Display form instead.
 fn sled_reason(error: sled::Error) -> String {
     match error {
         sled::Error::Io(error) => error.to_string(),

@@ -162,10 +162,9 @@ pub struct EnrollmentsActor {
     users: sled::Tree,
     credentials: sled::Tree,
     pending: HashSet<Username>,
-    /// Why a write failed, once one has. sled may then hold the change in
-    /// memory without it being on disk, and it refuses later writes, so
-    /// every later request is rejected until a restart reloads what is on
-    /// disk.
+    /// Reason of the first failed write. sled may then keep the change in
+    /// memory without it being on disk, and it rejects later writes. So
+    /// every later request is rejected until a restart reloads the disk.
     failed_write: Option<String>,
 }
 

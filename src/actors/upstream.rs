@@ -97,8 +97,8 @@ fn send_error(url: &str, e: SendRequestError) -> ApiError {
     }
 }
 
-/// The `details` of k_server's JSON error body, or the start of the body
-/// when it is something else.
+/// Returns the `details` of k_server's JSON error body, or the start of the
+/// body when it is not such JSON.
 fn upstream_error_text(body: &[u8]) -> String {
     #[derive(Deserialize)]
     struct ErrorReply {

@@ -159,16 +159,17 @@ pub async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiE
     )))
 }
 
-/// Longest request path quoted in an error message, in characters.
+/// Maximum characters of a request path quoted in an error message.
 const SHOWN_PATH_MAX: usize = 100;
 
-/// `path` for an error message, cut after [`SHOWN_PATH_MAX`] characters.
+/// Returns `path` for an error message, cut after [`SHOWN_PATH_MAX`]
+/// characters.
 pub fn shown_path(path: &str) -> String {
     let mut chars = path.chars();
-    let shown: String = chars.by_ref().take(SHOWN_PATH_MAX).collect();
+    let prefix: String = chars.by_ref().take(SHOWN_PATH_MAX).collect();
     if chars.next().is_some() {
-        format!("{shown}…")
+        format!("{prefix}…")
     } else {
-        shown
+        prefix
     }
 }

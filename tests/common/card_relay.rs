@@ -15,7 +15,7 @@ use cardgate::ctap::frame::{self, Packet, Reassembler, Reassembly};
 /// request payload.
 const GET_ASSERTION: u8 = 0x02;
 
-/// Longest life of a relay thread, so that a forgotten relay ends.
+/// Maximum life of a relay thread, so that a forgotten relay ends.
 const MAX_LIFETIME: Duration = Duration::from_secs(120);
 
 /// What the relay does with the card's getAssertion responses.
@@ -86,7 +86,7 @@ fn relay(
     let mut proxy: Option<SocketAddr> = None;
     // Channels whose getAssertion response is being collected.
     let mut awaiting: HashMap<u32, (Reassembler, Vec<[u8; frame::REPORT_LEN]>)> = HashMap::new();
-    let mut asked: HashSet<u32> = HashSet::new();
+    let mut requested: HashSet<u32> = HashSet::new();
     let mut last_assertion: Option<Vec<u8>> = None;
     let mut buffer = [0u8; 2048];
 
@@ -97,7 +97,7 @@ fn relay(
             let report = &buffer[..n];
             if let Ok(Packet::Init(init)) = Packet::parse(report) {
                 if init.cmd == frame::CBOR && init.bcnt > 0 && init.data[0] == GET_ASSERTION {
-                    asked.insert(init.cid);
+                    requested.insert(init.cid);
                 }
             }
             let _ = back.send_to(report, card);
@@ -116,30 +116,31 @@ fn relay(
         };
         let cid = packet.cid();
         let is_keepalive = matches!(packet, Packet::Init(init) if init.cmd == frame::KEEPALIVE);
-        if is_keepalive || !asked.contains(&cid) {
+        if is_keepalive || !requested.contains(&cid) {
             let _ = front.send_to(report, proxy);
             continue;
         }
-        let (reassembler, held) = awaiting
+        let (reassembler, buffered) = awaiting
             .entry(cid)
             .or_insert_with(|| (Reassembler::new(cid), Vec::new()));
         let mut copy = [0u8; frame::REPORT_LEN];
         copy.copy_from_slice(&report[..frame::REPORT_LEN.min(report.len())]);
-        held.push(copy);
+        buffered.push(copy);
         let message = match reassembler.feed(report) {
             Ok(Reassembly::Complete(message)) => message,
             Ok(_) => continue,
             Err(_) => {
                 // Not ours to judge: pass the reports on as they came.
-                for held in awaiting.remove(&cid).map(|(_, h)| h).unwrap_or_default() {
-                    let _ = front.send_to(&held, proxy);
+                let reports = awaiting.remove(&cid).map(|(_, b)| b).unwrap_or_default();
+                for report in reports {
+                    let _ = front.send_to(&report, proxy);
                 }
-                asked.remove(&cid);
+                requested.remove(&cid);
                 continue;
             }
         };
-        let held = awaiting.remove(&cid).map(|(_, h)| h).unwrap_or_default();
-        asked.remove(&cid);
+        let buffered = awaiting.remove(&cid).map(|(_, b)| b).unwrap_or_default();
+        requested.remove(&cid);
 
         let current = *mode.lock().expect("mode lock");
         let replacement = match current {
@@ -161,7 +162,7 @@ fn relay(
                 }
             }
             None => {
-                for report in held {
+                for report in buffered {
                     let _ = front.send_to(&report, proxy);
                 }
             }

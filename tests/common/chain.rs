@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 /// The `cardgate` binary built for these tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_cardgate");
 
-/// Longest wait for a process to listen or for the card to connect.
+/// Maximum wait for a process to listen or for the card to connect.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Timeout of one request from the blocking client.
@@ -270,7 +270,7 @@ origin = "https://localhost:{proxy}"
         });
     }
 
-    /// The `card.device` value for this chain's `card-sim` over UDP.
+    /// Returns the `card.device` value for this chain's `card-sim` over UDP.
     pub fn udp_device(&self) -> String {
         format!(
             "udp:127.0.0.1:{}@127.0.0.1:{}",
@@ -324,7 +324,7 @@ origin = "https://localhost:{proxy}"
         process
     }
 
-    /// A client of the proxy, as a browser or `curl` on k_client would be.
+    /// Returns a client of the proxy, as a browser or `curl` on k_client is.
     pub fn client(&self) -> Client {
         Client::new(
             &self.path("certs/ca.crt"),
@@ -333,7 +333,8 @@ origin = "https://localhost:{proxy}"
         )
     }
 
-    /// A client of the server that presents the proxy's client certificate.
+    /// Returns a client of the server that presents the proxy's client
+    /// certificate.
     pub fn server_client(&self) -> Client {
         let cert = self.path("certs/proxy-client.crt");
         let key = self.path("certs/proxy-client.key");
@@ -344,7 +345,7 @@ origin = "https://localhost:{proxy}"
         )
     }
 
-    /// Every process log of this chain, for failure messages.
+    /// Returns every process log of this chain, for failure messages.
     pub fn logs(&self) -> String {
         ["server.log", "proxy.log", "card-sim.log"]
             .iter()

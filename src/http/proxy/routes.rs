@@ -386,8 +386,8 @@ async fn enroll_delete(
         .json(json!({ "ok": true, "deleted": user.username, "sessions_ended": ended })))
 }
 
-/// Whether the request announces no body: no `Transfer-Encoding` and a
-/// `Content-Length` that is absent or 0.
+/// Returns whether the request announces no body: no `Transfer-Encoding`
+/// and a `Content-Length` that is absent or 0.
 fn has_no_body(req: &HttpRequest) -> bool {
     let headers = req.headers();
     let length = headers
