@@ -77,8 +77,12 @@ fn count_gaps(sorted: &[u64]) -> u64 {
     }
 }
 
+/// Maximum run time of [`hammer_counter`], so that a test whose controller
+/// failed before setting the stop flag still ends.
+const HAMMER_LIMIT: Duration = Duration::from_secs(60);
+
 /// Runs `concurrency` clients that call `path` in a loop until `stop` is
-/// set, counting successes in `successes`.
+/// set or [`HAMMER_LIMIT`] has passed, counting successes in `successes`.
 fn hammer_counter(
     client: &Client,
     path: &str,
@@ -89,12 +93,13 @@ fn hammer_counter(
 ) -> Vec<Sample> {
     let samples = Rc::new(RefCell::new(Vec::new()));
     let url = client.url(path);
+    let give_up = Instant::now() + HAMMER_LIMIT;
     client.runtime.block_on(async {
         let workers = (0..concurrency).map(|_| {
             let samples = samples.clone();
             let url = url.clone();
             async move {
-                while !stop.load(Ordering::Relaxed) {
+                while !stop.load(Ordering::Relaxed) && Instant::now() < give_up {
                     let sent = Instant::now();
                     let mut request = client.client.post(&url);
                     if let Some(token) = token {
