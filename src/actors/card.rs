@@ -36,7 +36,7 @@ const RECONNECT_FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const QUEUE_SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Capacity of the event channel. A subscriber that falls this far behind
-/// misses events (it is told how many) instead of slowing the card.
+/// misses events (its next receive reports how many) instead of slowing the card.
 pub const EVENT_CAPACITY: usize = 256;
 
 /// Limits and deadlines of card operations.
@@ -49,7 +49,7 @@ pub struct CardSettings {
     pub queue_limit: usize,
     /// How long a login may wait for a card that is reconnecting.
     pub login_grace: Duration,
-    /// Longest wait between two attempts to find the card.
+    /// Maximum wait between two attempts to find the card.
     pub reconnect_max_backoff: Duration,
     /// CTAPHID read slices, idle deadline and retry limits.
     pub timing: Timing,
@@ -84,7 +84,7 @@ pub enum CardEventKind {
     Lost { reason: String },
 }
 
-/// What `/health` shows about the card.
+/// The card's state as `/health` reports it.
 #[derive(Debug, Clone, Serialize)]
 pub struct CardHealth {
     /// `connected`, `busy` or `disconnected`.
@@ -110,7 +110,7 @@ pub enum CardReply {
     GetAssertion(GetAssertionResponse),
 }
 
-/// Why a card operation failed.
+/// The reason a card operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CardError {
     #[error("card not connected ({0}); plug it in or check `cardgate card doctor`")]
@@ -187,7 +187,7 @@ struct Job {
     reply: oneshot::Sender<Result<CardReply, CardError>>,
 }
 
-/// Where the link to the card stands.
+/// State of the link to the card.
 enum Link {
     /// No card yet: discovery runs with backoff.
     AwaitingCard,

@@ -55,7 +55,7 @@ impl RelyingParty {
     }
 }
 
-/// What a ceremony needs from the rest of the proxy.
+/// The actors and settings a ceremony uses.
 pub struct Ceremony<'a> {
     pub rp: &'a RelyingParty,
     pub card: &'a Addr<CardActor>,
@@ -103,7 +103,7 @@ pub fn store_error(e: EnrollmentError) -> ApiError {
 }
 
 fn mailbox(e: actix::MailboxError) -> ApiError {
-    ApiError::Unavailable(format!("an internal actor did not answer: {e}"))
+    ApiError::Unavailable(format!("an internal actor did not respond: {e}"))
 }
 
 impl Ceremony<'_> {
@@ -199,7 +199,7 @@ impl Ceremony<'_> {
             .await?;
         let CardReply::MakeCredential(response) = reply else {
             return Err(ApiError::Internal(
-                "the card actor answered makeCredential with another reply".into(),
+                "the card actor returned another reply to makeCredential".into(),
             ));
         };
 
@@ -279,7 +279,7 @@ impl Ceremony<'_> {
             .await?;
         let CardReply::GetAssertion(response) = reply else {
             return Err(ApiError::Internal(
-                "the card actor answered getAssertion with another reply".into(),
+                "the card actor returned another reply to getAssertion".into(),
             ));
         };
 
@@ -292,7 +292,7 @@ impl Ceremony<'_> {
         }
         .ok_or_else(|| {
             ApiError::CardFailed(
-                "the card answered with a credential that is not this user's".into(),
+                "the card returned a credential that is not this user's".into(),
             )
         })?;
 
