@@ -35,6 +35,12 @@ const RECONNECT_FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// cancellations while they wait for the card.
 const QUEUE_SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How often an idle card is sent a CTAPHID PING. A UDP or relayed card
+/// gives no sign when it goes away, and a hidraw node only fails when it is
+/// used, so without this `/health` would report a lost card as connected
+/// until the next login.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Capacity of the event channel. A subscriber that falls this far behind
 /// misses events (its next receive reports how many) instead of slowing the card.
 pub const EVENT_CAPACITY: usize = 256;
@@ -401,6 +407,36 @@ impl CardActor {
         }));
     }
 
+    /// Pings the card when it is idle; a failed ping counts as a lost card.
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if !self.queue.is_empty() || !matches!(self.link, Link::Ready(_)) {
+            return;
+        }
+        let Link::Ready(mut device) =
+            std::mem::replace(&mut self.link, Link::Running { owner: None })
+        else {
+            return;
+        };
+        let task = actix_rt::task::spawn_blocking(move || {
+            let result = device.ping(b"cardgate heartbeat");
+            (device, result)
+        });
+        ctx.spawn(
+            task.into_actor(self)
+                .map(|joined, actor, ctx| match joined {
+                    Ok((device, Ok(_))) => {
+                        actor.link = Link::Ready(device);
+                        actor.next(ctx);
+                    }
+                    Ok((_, Err(e))) => actor.lose_card(
+                        format!("the card did not answer a heartbeat PING: {e}"),
+                        ctx,
+                    ),
+                    Err(e) => actor.lose_card(format!("heartbeat task failed: {e}"), ctx),
+                }),
+        );
+    }
+
     /// Records the failure and stops; the supervisor restarts the actor.
     fn lose_card(&mut self, reason: String, ctx: &mut Context<Self>) {
         tracing::warn!(device = %self.connector.describe(), error = %reason, "card lost");
@@ -513,6 +549,7 @@ impl Actor for CardActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(QUEUE_SWEEP_INTERVAL, |actor, _| actor.sweep_queue());
+        ctx.run_interval(HEARTBEAT_INTERVAL, |actor, ctx| actor.heartbeat(ctx));
         self.discover(ctx);
     }
 }

@@ -291,9 +291,7 @@ impl Ceremony<'_> {
             (None, _) => None,
         }
         .ok_or_else(|| {
-            ApiError::CardFailed(
-                "the card returned a credential that is not this user's".into(),
-            )
+            ApiError::CardFailed("the card returned a credential that is not this user's".into())
         })?;
 
         // 5. rpIdHash must be ours, UP must be set, and UV when configured.
