@@ -127,7 +127,13 @@ pub fn main() -> ExitCode {
         LogFormatArg::Human => LogFormat::Human,
         LogFormatArg::Json => LogFormat::Json,
     };
-    crate::telemetry::init(format);
+    // The demo prints its own walkthrough; routine log lines would bury it.
+    let default_level = if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    crate::telemetry::init(format, default_level);
 
     // These two print their own results and choose their own exit codes.
     let command = match cli.command {
