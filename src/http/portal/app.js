@@ -234,7 +234,8 @@
       case 'network':
         return ['The proxy could not be reached, so the ' + noun + ' did not finish. Check the connection and try again.', details];
       default:
-        return [capitalise(noun) + ' failed, so ' + consequence + '.', details];
+        // Input, conflict and lookup errors: the details name the cause.
+        return [capitalise(noun) + ' of ' + username + ' failed.', details];
     }
   }
 
@@ -768,7 +769,18 @@
   // ---------------------------------------------------------------------
   // Start
 
+  /**
+   * Keeps a control that receives focus from scrolling under the sticky
+   * status line: focus scrolling honours scroll-padding-top.
+   */
+  function keepFocusClearOfStatus() {
+    document.documentElement.style.scrollPaddingTop = ui.status.offsetHeight + 8 + 'px';
+  }
+
   function bind() {
+    keepFocusClearOfStatus();
+    new ResizeObserver(keepFocusClearOfStatus).observe(ui.status);
+
     ui.enrollForm.addEventListener('submit', enroll);
     ui.loginForm.addEventListener('submit', login);
     ui.lookupForm.addEventListener('submit', lookup);
