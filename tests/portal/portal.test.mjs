@@ -2,8 +2,8 @@
 //
 // The test starts `cardgate server` and several `cardgate proxy` processes
 // on loopback, each proxy with the in-process simulated card and a different
-// answer from the simulated person at the card (approve, deny, never), and
-// one proxy whose card is not connected. The proxies share one enrollment
+// response from the simulated person at the card (approve, deny, never),
+// and one proxy whose card is not connected. The proxies share one enrollment
 // store and one simulated card state, and run one after the other, so users
 // enrolled in the first phase can log in later.
 //
@@ -42,7 +42,7 @@ const CHROMIUM_ARGS = [
   '--disable-quic',
 ];
 
-/** How long a started process may take to answer GET /health. */
+/** How long a started process may take before GET /health returns 200. */
 const READY_TIMEOUT_MS = 30_000;
 
 /** How long a stopped process may take to exit after SIGTERM before SIGKILL. */
@@ -146,7 +146,7 @@ function freeUdpPort() {
   });
 }
 
-/** One HTTPS request to a process on 127.0.0.1; resolves to {status, headers, body}. */
+/** Sends one HTTPS request to a process on 127.0.0.1 and resolves to {status, headers, body}. */
 function httpsRequest(port, method, requestPath, tls) {
   return new Promise((resolve, reject) => {
     const request = https.request(
@@ -175,7 +175,7 @@ function httpsRequest(port, method, requestPath, tls) {
   });
 }
 
-/** Waits until GET /health answers 200, failing early when the process exits. */
+/** Waits until GET /health returns 200, failing early when the process exits. */
 async function waitForHealth(record, port, tls) {
   const deadline = Date.now() + READY_TIMEOUT_MS;
   let lastError = 'no attempt';
@@ -239,8 +239,8 @@ class Chain {
 
   /**
    * Starts a proxy named `name` after stopping the previous one.
-   * `device` is `sim` or a UDP device spec; `presence` is the simulated
-   * person's answer; `store` is the enrollment store's folder.
+   * `device` is `sim` or a UDP device spec, `presence` is the simulated
+   * person's response and `store` is the enrollment store's folder.
    */
   async startProxy(name, { device = 'sim', presence = 'approve', confirmTimeoutS = 30, store = 'proxy-store' } = {}) {
     await stopProcess(this.proxy);
@@ -519,7 +519,8 @@ describe('cardgate portal in Chromium', { concurrency: 1 }, () => {
     await page.getByRole('button', { name: 'Call the protected counter' }).click();
     await waitForText(page.locator('#counter-values'), /\d+ \(at .*\)\s*\d+ \(at .*\)/);
     const [newest, oldest] = await counterValues(page);
-    assert.ok(Number.isInteger(oldest) && Number.isInteger(newest), `counter values ${oldest}, ${newest}`);
+    assert.ok(Number.isInteger(oldest), `first counter value ${oldest}`);
+    assert.ok(Number.isInteger(newest), `second counter value ${newest}`);
     assert.ok(newest > oldest, `the second value ${newest} is not above the first ${oldest}`);
     assert.equal(await page.locator('#counter-latest').textContent(), `Latest value: ${newest}`);
     await waitForStatus(page, new RegExp(`The protected counter returned ${newest}\\.`));
@@ -577,15 +578,16 @@ describe('cardgate portal in Chromium', { concurrency: 1 }, () => {
     const status = JSON.parse((await httpsRequest(chain.proxyPort, 'GET', '/enroll/status?username=dave', chain.tls)).body);
     assert.equal(status.user.display_name, 'Dave the Second', 'the proxy stored the new name');
 
-    // The first click only asks; keeping the enrollment changes nothing.
+    // The first click opens a confirmation, and keeping the enrollment
+    // changes nothing.
     await page.getByRole('button', { name: 'Delete my enrollment…' }).click();
     assert.equal(await page.locator('#delete-confirm').isVisible(), true, 'the confirmation shows');
     assert.equal(await page.evaluate(() => document.activeElement.id), 'delete-cancelled', 'the safe choice has the focus');
     await screenshot(page, 'delete-confirmation');
     await page.getByRole('button', { name: 'Keep my enrollment' }).click();
     await waitForStatus(page, /Your enrollment was kept\./);
-    const kept = JSON.parse((await httpsRequest(chain.proxyPort, 'GET', '/enroll/status?username=dave', chain.tls)).body);
-    assert.equal(kept.enrolled, true, 'keeping does not delete');
+    const afterKeep = JSON.parse((await httpsRequest(chain.proxyPort, 'GET', '/enroll/status?username=dave', chain.tls)).body);
+    assert.equal(afterKeep.enrolled, true, 'keeping does not delete');
 
     // Confirming deletes and logs out.
     await page.getByRole('button', { name: 'Delete my enrollment…' }).click();
@@ -593,8 +595,8 @@ describe('cardgate portal in Chromium', { concurrency: 1 }, () => {
     await waitForStatus(page, /The enrollment of dave was deleted and you are logged out\. 1 session ended\./);
     assert.equal(await page.locator('#session-panel').isHidden(), true);
     assert.equal(await page.locator('#enrollment-summary').textContent(), 'dave is not enrolled.');
-    const gone = JSON.parse((await httpsRequest(chain.proxyPort, 'GET', '/enroll/status?username=dave', chain.tls)).body);
-    assert.equal(gone.enrolled, false, 'the proxy deleted the enrollment');
+    const afterDelete = JSON.parse((await httpsRequest(chain.proxyPort, 'GET', '/enroll/status?username=dave', chain.tls)).body);
+    assert.equal(afterDelete.enrolled, false, 'the proxy deleted the enrollment');
     await screenshot(page, 'deleted');
   });
 

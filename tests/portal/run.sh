@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the portal's browser test: builds cardgate, then drives the portal in
 # Debian's headless Chromium against processes the test starts on loopback.
-# Installing Chromium needs root (apt-get); npm installs only playwright-core,
+# Installing Chromium needs root (apt-get). npm installs only playwright-core,
 # which downloads no browser.
 set -euo pipefail
 

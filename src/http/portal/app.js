@@ -3,7 +3,7 @@
 // Card ceremonies run as operations: POST /op/enroll or /op/login returns an
 // operation id at once, and the page polls GET /op/{id} until the operation
 // ends. The session cookie is HttpOnly, so the page learns who is logged in
-// only from POST /session/status and never sees the session token.
+// only from POST /session/status and never reads the session token.
 'use strict';
 
 (function () {
@@ -16,13 +16,13 @@
    */
   const MAX_FOLLOW_MS = 10 * 60 * 1000;
 
-  /** Polls in a row that may fail to reach the proxy before the page gives up. */
+  /** Maximum consecutive polls that fail to reach the proxy before the page gives up. */
   const MAX_POLL_FAILURES = 20;
 
   /** Milliseconds between two updates of the session countdown. */
   const COUNTDOWN_TICK_MS = 1000;
 
-  /** Counter values listed at most; older ones drop off the list. */
+  /** Maximum number of counter values listed. Older ones drop off the list. */
   const MAX_COUNTER_VALUES_SHOWN = 20;
 
   const FINAL_STATES = new Set(['succeeded', 'failed', 'cancelled']);
@@ -106,8 +106,8 @@
 
   /**
    * Sends one request to the proxy's JSON API. Resolves to
-   * `{ok: true, status, data}` or `{ok: false, status, code, details}`;
-   * status 0 means the proxy was not reached.
+   * `{ok: true, status, data}` or `{ok: false, status, code, details}`.
+   * Status 0 means that the proxy was not reached.
    */
   async function api(method, path, body) {
     const init = {
@@ -153,7 +153,7 @@
       ok: false,
       status: response.status,
       code: 'http_' + response.status,
-      details: 'the proxy answered HTTP ' + response.status + ' without an error description',
+      details: 'the proxy returned HTTP ' + response.status + ' without an error description',
     };
   }
 
@@ -180,7 +180,7 @@
   // ---------------------------------------------------------------------
   // The status line (the aria-live region)
 
-  /** Shows a message in the live region; `tone` is info, waiting, success or error. */
+  /** Shows a message in the live region. `tone` is info, waiting, success or error. */
   function showStatus(tone, headline, detail) {
     ui.status.className = 'status tone-' + tone;
     ui.statusHeadline.textContent = headline;
@@ -578,7 +578,7 @@
     clearCounterValues();
   }
 
-  /** Ends the page's session after the proxy answered 401 to `action`. */
+  /** Ends the page's session after the proxy returned 401, so `action` did not happen. */
   function sessionLost(action, details) {
     endSession();
     showStatus('error', 'Your session has ended, so ' + action + '. Log in again.', details);
@@ -801,8 +801,8 @@
       }
     });
 
-    // Leaving the page abandons its card operation, so the card stops
-    // waiting for a confirmation that nobody follows any more.
+    // Leaving the page cancels its card operation, so the card stops
+    // waiting for a confirmation whose result no page would show.
     window.addEventListener('pagehide', function () {
       if (operation) {
         fetch('/op/' + encodeURIComponent(operation.id) + '/cancel', {
@@ -821,7 +821,7 @@
     refreshHealth();
 
     // POST /session/status counts as activity for the session's idle
-    // timeout, so the page asks only at start, after login and when the
+    // timeout, so the page sends it only at start, after login and when the
     // countdown runs out, never on a timer.
     const status = await api('POST', '/session/status', {});
     if (status.ok) {

@@ -2,9 +2,9 @@
 //! into the binary and served by the proxy next to its JSON API.
 //!
 //! The page talks only to the JSON API of its own origin. It follows card
-//! ceremonies through the polled operations under `/op/`, and the session
-//! cookie that a finished login sets is HttpOnly, so the script never holds
-//! a session token.
+//! ceremonies through the polled operations under `/op/`. The session cookie
+//! that a finished login sets is HttpOnly, so the script never reads a
+//! session token.
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
