@@ -45,6 +45,15 @@ pub enum Command {
     },
     /// Run the whole chain on loopback with a simulated card.
     Demo(DemoArgs),
+    /// Enroll, log in and call the counter through a proxy (the k_client tool).
+    Client(crate::client::ClientArgs),
+    /// Send many protected counter calls through a proxy and check the values.
+    Loadtest(crate::loadtest::LoadtestArgs),
+    /// Decode captured CTAP bytes or check an assertion signature offline.
+    Ctap {
+        #[command(subcommand)]
+        command: crate::bringup::decode::CtapCommand,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -120,7 +129,14 @@ pub fn main() -> ExitCode {
     };
     crate::telemetry::init(format);
 
-    match run(cli.command) {
+    // These two print their own results and choose their own exit codes.
+    let command = match cli.command {
+        Command::Client(args) => return crate::client::run(args),
+        Command::Loadtest(args) => return crate::loadtest::main(args),
+        Command::Ctap { command } => return crate::bringup::decode::run(command),
+        other => other,
+    };
+    match run(command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("cardgate: {message}");
@@ -141,7 +157,7 @@ fn run(command: Command) -> Result<(), String> {
                 let running = crate::http::server::start(config)
                     .await
                     .map_err(|e| e.to_string())?;
-                running.server.await.map_err(|e| e.to_string())
+                running.wait().await.map_err(|e| e.to_string())
             })
         }
         Command::Proxy(args) => {
@@ -181,5 +197,8 @@ fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Demo(args) => crate::demo::run(&args.dir, args.port).map_err(|e| e.to_string()),
+        Command::Client(_) | Command::Loadtest(_) | Command::Ctap { .. } => {
+            Err("this command is run by `main`".into())
+        }
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! It writes certificates and two config files into the demo folder, starts
 //! k_server and k_proxy with an in-process simulated card that approves by
-//! itself, prints how to use them, and stops both on Ctrl-C. The written
+//! itself, runs the flow once as a client would (enroll, log in, call the
+//! counter, log out), prints how to repeat it with curl, and stops both on
+//! Ctrl-C. The written
 //! config files are ordinary ones: `cardgate server --config DIR/server.toml`
 //! and `cardgate proxy --config DIR/proxy.toml` run the same chain as
 //! separate processes.
@@ -11,6 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::certs::{self, InitOptions};
+use crate::client::api::{ClientError, ProxyClient};
 use crate::config::{load_proxy, load_server};
 
 /// Why the demo could not run.
@@ -100,13 +103,13 @@ pub fn run(dir: &Path, port: u16) -> Result<(), DemoError> {
     actix_rt::System::new().block_on(async move {
         let server_path = dir.join("server.toml");
         write(&server_path, &server_toml())?;
-        let server_config = load_server(&server_path).map_err(|e| DemoError::Setup(e.to_string()))?;
+        let server_config =
+            load_server(&server_path).map_err(|e| DemoError::Setup(e.to_string()))?;
         let server = crate::http::server::start(server_config)
             .await
             .map_err(|e| DemoError::Setup(format!("k_server did not start: {e}")))?;
+        let server = server.spawn();
         let upstream = format!("https://127.0.0.1:{}", server.addr.port());
-        let server_handle = server.server.handle();
-        actix_rt::spawn(server.server);
 
         // Port 0 lets the OS pick, but the origin needs the real port, so
         // it is resolved first.
@@ -121,13 +124,60 @@ pub fn run(dir: &Path, port: u16) -> Result<(), DemoError> {
         actix_rt::spawn(proxy.server);
 
         print_banner(&dir, proxy.addr.port(), &upstream);
+        let base = format!("https://localhost:{}", proxy.addr.port());
+        if let Err(e) = walkthrough(&base, &dir.join("certs").join("ca.crt")).await {
+            println!("the walkthrough failed: {e}\nthe daemons keep running; see the log above");
+        }
+        println!("\nPress Ctrl-C to stop.");
 
         let _ = tokio::signal::ctrl_c().await;
         println!("\nstopping: finishing requests in flight");
         proxy_handle.stop(true).await;
-        server_handle.stop(true).await;
-        Ok(())
+        server
+            .stop(true)
+            .await
+            .map_err(|e| DemoError::Setup(format!("k_server did not stop cleanly: {e}")))
     })
+}
+
+/// Runs the whole flow once through the real HTTPS API, as a client in
+/// k_client would, and prints each step.
+async fn walkthrough(base: &str, ca: &Path) -> Result<(), ClientError> {
+    const USER: &str = "demo";
+    let client = ProxyClient::new(base, ca, 2)?;
+    println!("Walkthrough as user {USER:?}:");
+
+    let status = client.enroll_status(USER).await?;
+    if status["enrolled"] == true {
+        println!("  1. enroll      already enrolled (state is kept between runs)");
+    } else {
+        client.enroll(USER).await?;
+        println!(
+            "  1. enroll      the card created a credential; the proxy checked its attestation"
+        );
+    }
+    let login = client.login(USER).await?;
+    println!(
+        "  2. login       the card signed a fresh challenge; session valid until {}",
+        login.expires_at
+    );
+    for step in 3..=4 {
+        let reply = client.counter(&login.session_token).await?;
+        println!("  {step}. counter     k_server returned {}", reply.value);
+    }
+    client.logout(&login.session_token).await?;
+    println!("  5. logout      session ended");
+    match client.counter(&login.session_token).await {
+        Err(ClientError::Api { status: 401, .. }) => {
+            println!("  6. counter     refused with 401 after logout, as it must be");
+            Ok(())
+        }
+        Ok(reply) => Err(ClientError::Setup(format!(
+            "the counter answered {} after logout; the session was not ended",
+            reply.value
+        ))),
+        Err(e) => Err(e),
+    }
 }
 
 fn free_port() -> Result<u16, DemoError> {

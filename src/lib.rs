@@ -7,14 +7,17 @@
 //! library so that tests can start each part in-process.
 
 pub mod actors;
+pub mod bringup;
 pub mod certs;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod ctap;
 pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod loadtest;
 pub mod rng;
 pub mod telemetry;
 pub mod tls;

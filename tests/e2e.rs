@@ -58,11 +58,19 @@ impl Drop for Proc {
 }
 
 fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The files and ports of one chain.
@@ -97,6 +105,17 @@ impl Chain {
     }
 
     fn write_configs(&self, card_device: &str, presence: &str, confirm_timeout_s: u64) {
+        self.write_configs_with(card_device, presence, confirm_timeout_s, "");
+    }
+
+    /// Writes both configs; `extra` is appended to the proxy's.
+    fn write_configs_with(
+        &self,
+        card_device: &str,
+        presence: &str,
+        confirm_timeout_s: u64,
+        extra: &str,
+    ) {
         std::fs::write(
             self.path("server.toml"),
             format!(
@@ -134,6 +153,7 @@ path = "proxy-store"
 [webauthn]
 rp_id = "localhost"
 origin = "https://localhost:{proxy}"
+{extra}
 "#,
                 proxy = self.proxy_port,
                 server = self.server_port,
@@ -143,12 +163,19 @@ origin = "https://localhost:{proxy}"
     }
 
     fn udp_device(&self) -> String {
-        format!("udp:127.0.0.1:{}@127.0.0.1:{}", self.card_port, self.host_port)
+        format!(
+            "udp:127.0.0.1:{}@127.0.0.1:{}",
+            self.card_port, self.host_port
+        )
     }
 
     fn server(&self) -> Proc {
         let config = self.path("server.toml");
-        let p = Proc::spawn("server", &["server", "--config", config.to_str().unwrap()], &self.path("server.log"));
+        let p = Proc::spawn(
+            "server",
+            &["server", "--config", config.to_str().unwrap()],
+            &self.path("server.log"),
+        );
         wait_for_port(self.server_port);
         p
     }
@@ -158,26 +185,47 @@ origin = "https://localhost:{proxy}"
         let state = self.path("card");
         Proc::spawn(
             "card-sim",
-            &["card-sim", "--listen", &listen, "--state", state.to_str().unwrap(), "--presence", presence],
+            &[
+                "card-sim",
+                "--listen",
+                &listen,
+                "--state",
+                state.to_str().unwrap(),
+                "--presence",
+                presence,
+            ],
             &self.path("card-sim.log"),
         )
     }
 
     fn proxy(&self) -> Proc {
         let config = self.path("proxy.toml");
-        let p = Proc::spawn("proxy", &["proxy", "--config", config.to_str().unwrap()], &self.path("proxy.log"));
+        let p = Proc::spawn(
+            "proxy",
+            &["proxy", "--config", config.to_str().unwrap()],
+            &self.path("proxy.log"),
+        );
         wait_for_port(self.proxy_port);
         p
     }
 
     fn client(&self) -> Client {
-        Client::new(&self.path("certs/ca.crt"), None, format!("https://localhost:{}", self.proxy_port))
+        Client::new(
+            &self.path("certs/ca.crt"),
+            None,
+            format!("https://localhost:{}", self.proxy_port),
+        )
     }
 
     fn logs(&self) -> String {
         ["server.log", "proxy.log", "card-sim.log"]
             .iter()
-            .map(|n| format!("--- {n}\n{}", std::fs::read_to_string(self.path(n)).unwrap_or_default()))
+            .map(|n| {
+                format!(
+                    "--- {n}\n{}",
+                    std::fs::read_to_string(self.path(n)).unwrap_or_default()
+                )
+            })
             .collect()
     }
 }
@@ -210,7 +258,11 @@ impl Client {
                 .timeout(Duration::from_secs(30))
                 .finish()
         });
-        Client { runtime, client, base }
+        Client {
+            runtime,
+            client,
+            base,
+        }
     }
 
     fn post(&self, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
@@ -233,19 +285,41 @@ impl Client {
 
     fn get(&self, path: &str) -> (u16, Value) {
         let url = format!("{}{path}", self.base);
+        self.try_get(path)
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    }
+
+    fn try_get(&self, path: &str) -> Result<(u16, Value), String> {
+        let url = format!("{}{path}", self.base);
         self.runtime.block_on(async {
-            let mut response = self.client.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
-            let bytes = response.body().await.unwrap();
-            (response.status().as_u16(), serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+            let mut response = self
+                .client
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let bytes = response.body().await.map_err(|e| e.to_string())?;
+            Ok((
+                response.status().as_u16(),
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            ))
         })
     }
 
     fn enroll(&self, username: &str) -> (u16, Value) {
-        self.post("/enroll/register", None, Some(json!({ "username": username, "display_name": "Test User" })))
+        self.post(
+            "/enroll/register",
+            None,
+            Some(json!({ "username": username, "display_name": "Test User" })),
+        )
     }
 
     fn login(&self, username: &str) -> (u16, Value) {
-        self.post("/session/login", None, Some(json!({ "username": username })))
+        self.post(
+            "/session/login",
+            None,
+            Some(json!({ "username": username })),
+        )
     }
 
     fn counter(&self, token: &str) -> (u16, Value) {
@@ -254,24 +328,31 @@ impl Client {
 }
 
 fn token_of(login: &Value) -> String {
-    login["session_token"].as_str().expect("login reply has session_token").to_string()
+    login["session_token"]
+        .as_str()
+        .expect("login reply has session_token")
+        .to_string()
 }
 
 fn value_of(reply: &Value) -> u64 {
-    reply["value"].as_u64().unwrap_or_else(|| panic!("no counter value in {reply}"))
+    reply["value"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter value in {reply}"))
 }
 
 /// Waits until the proxy reports the card as connected.
 fn wait_for_card(client: &Client) {
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = String::new();
     while Instant::now() < deadline {
-        let (status, health) = client.get("/health");
-        if status == 200 && health["card"]["state"] == "connected" {
-            return;
+        match client.try_get("/health") {
+            Ok((200, health)) if health["card"]["state"] == "connected" => return,
+            Ok((status, health)) => last = format!("{status} {health}"),
+            Err(e) => last = e,
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("the proxy did not connect to the card within 20 s");
+    panic!("the proxy did not connect to the card within 20 s; last answer: {last}");
 }
 
 #[test]
@@ -313,14 +394,24 @@ fn chain_enroll_login_counter_logout_and_restarts() {
     assert_eq!(status, 200);
     assert_eq!(body["enrolled"], true, "{body}");
     let (status, login) = client.login("alice");
-    assert_eq!(status, 200, "login after proxy restart: {login}\n{}", chain.logs());
+    assert_eq!(
+        status,
+        200,
+        "login after proxy restart: {login}\n{}",
+        chain.logs()
+    );
     let token = token_of(&login);
 
     // Server restart: the counter continues after the last value returned.
     server.terminate();
     let _server = chain.server();
     let (status, third) = client.counter(&token);
-    assert_eq!(status, 200, "counter after server restart: {third}\n{}", chain.logs());
+    assert_eq!(
+        status,
+        200,
+        "counter after server restart: {third}\n{}",
+        chain.logs()
+    );
     assert_eq!(value_of(&third), value_of(&second) + 1);
 }
 
@@ -334,8 +425,13 @@ fn server_rejects_client_without_certificate() {
 
     let anonymous = Client::new(&ca, None, base.clone());
     let url = format!("{base}/resource/counter");
-    let result = anonymous.runtime.block_on(async { anonymous.client.post(&url).send().await });
-    assert!(result.is_err(), "a client without a certificate must not get a reply");
+    let result = anonymous
+        .runtime
+        .block_on(async { anonymous.client.post(&url).send().await });
+    assert!(
+        result.is_err(),
+        "a client without a certificate must not get a reply"
+    );
 
     let cert = chain.path("certs/proxy-client.crt");
     let key = chain.path("certs/proxy-client.key");
@@ -362,7 +458,10 @@ fn documented_errors_for_unknown_user_denial_and_timeout() {
     assert_eq!(status, 403, "denied enroll: {body}");
     assert_eq!(body["error"], "card_denied");
     let (_, body) = client.get("/enroll/status?username=bob");
-    assert_eq!(body["enrolled"], false, "a denied enrollment must leave nothing behind");
+    assert_eq!(
+        body["enrolled"], false,
+        "a denied enrollment must leave nothing behind"
+    );
 
     // Timeout: nobody ever answers; the proxy's deadline is 2 s.
     proxy.terminate();
@@ -373,7 +472,11 @@ fn documented_errors_for_unknown_user_denial_and_timeout() {
     let (status, body) = client.enroll("carol");
     assert_eq!(status, 504, "timed-out enroll: {body}");
     assert_eq!(body["error"], "card_timeout");
-    assert!(started.elapsed() < Duration::from_secs(10), "the timeout took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the timeout took {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -405,4 +508,41 @@ fn parallel_counter_calls_with_one_session_are_contiguous() {
     let first = values[0];
     let expected: Vec<u64> = (first..first + 50).collect();
     assert_eq!(values, expected, "values must be distinct and contiguous");
+}
+
+#[test]
+fn identity_headers_grant_nothing_and_attempts_are_throttled() {
+    let chain = Chain::new();
+    let limits = "[limits]\naddress_burst = 4\naddress_refill_ms = 60000\n";
+    chain.write_configs_with("sim", "approve", 30, limits);
+    let _server = chain.server();
+    let _proxy = chain.proxy();
+    let client = chain.client();
+    wait_for_card(&client);
+
+    // Headers that a naive proxy would trust carry no identity here.
+    let url = format!("{}/resource/counter", client.base);
+    let status = client.runtime.block_on(async {
+        client
+            .client
+            .post(&url)
+            .insert_header(("X-Authenticated-User", "alice"))
+            .insert_header(("X-Forwarded-For", "10.1.2.3"))
+            .insert_header(("X-Forwarded-User", "alice"))
+            .send()
+            .await
+            .expect("counter call")
+            .status()
+            .as_u16()
+    });
+    assert_eq!(status, 401, "identity headers must not authenticate");
+
+    // Four attempts from this address are admitted, the fifth is throttled.
+    assert_eq!(client.enroll("erin").0, 200);
+    for _ in 0..3 {
+        assert_eq!(client.login("erin").0, 200);
+    }
+    let (status, body) = client.login("erin");
+    assert_eq!(status, 429, "{body}\n{}", chain.logs());
+    assert_eq!(body["error"], "too_many_requests");
 }

@@ -194,7 +194,7 @@ enum Link {
     /// The card is initialised and idle.
     Ready(Box<CtapHidDevice>),
     /// The device is lent to the blocking task running this operation.
-    Running { id: u64, owner: Option<String> },
+    Running { owner: Option<String> },
 }
 
 pub struct CardActor {
@@ -301,7 +301,9 @@ impl CardActor {
                 Some(CardError::Timeout(self.settings.confirm_timeout))
             } else if !connected && now >= job.connect_by {
                 Some(CardError::NotConnected(
-                    self.last_error.clone().unwrap_or_else(|| "no card found".into()),
+                    self.last_error
+                        .clone()
+                        .unwrap_or_else(|| "no card found".into()),
                 ))
             } else {
                 None
@@ -332,7 +334,6 @@ impl CardActor {
         let Link::Ready(mut device) = std::mem::replace(
             &mut self.link,
             Link::Running {
-                id: job.id,
                 owner: job.owner.clone(),
             },
         ) else {
@@ -359,7 +360,15 @@ impl CardActor {
         } = job;
         let confirm_timeout = self.settings.confirm_timeout;
         let task = actix_rt::task::spawn_blocking(move || {
-            let result = run_operation(&mut device, &operation, id, &events, &cancel, deadline, confirm_timeout);
+            let result = run_operation(
+                &mut device,
+                &operation,
+                id,
+                &events,
+                &cancel,
+                deadline,
+                confirm_timeout,
+            );
             (device, result)
         });
         ctx.spawn(task.into_actor(self).map(move |joined, actor, ctx| {
@@ -395,7 +404,12 @@ impl CardActor {
     /// Records the failure and stops; the supervisor restarts the actor.
     fn lose_card(&mut self, reason: String, ctx: &mut Context<Self>) {
         tracing::warn!(device = %self.connector.describe(), error = %reason, "card lost");
-        self.emit(None, CardEventKind::Lost { reason: reason.clone() });
+        self.emit(
+            None,
+            CardEventKind::Lost {
+                reason: reason.clone(),
+            },
+        );
         self.last_error = Some(reason);
         self.link = Link::AwaitingCard;
         ctx.stop();
@@ -411,7 +425,10 @@ enum RunError {
 
 /// Connects, runs INIT and getInfo; returns a human-readable reason on
 /// failure.
-fn open_card(connector: &dyn Connector, timing: Timing) -> Result<(CtapHidDevice, GetInfo), String> {
+fn open_card(
+    connector: &dyn Connector,
+    timing: Timing,
+) -> Result<(CtapHidDevice, GetInfo), String> {
     let transport = connector.connect().map_err(|e| e.to_string())?;
     let mut device = CtapHidDevice::open(transport, timing).map_err(|e| e.to_string())?;
     let never = AtomicBool::new(false);
@@ -455,8 +472,12 @@ fn run_operation(
         .map_err(|e| device_error(e, confirm_timeout))?;
     let body = split_status(&response).map_err(|e| RunError::Card(status_error(e)))?;
     let reply = match operation {
-        CardOperation::MakeCredential(_) => MakeCredentialResponse::parse(body).map(CardReply::MakeCredential),
-        CardOperation::GetAssertion(_) => GetAssertionResponse::parse(body).map(CardReply::GetAssertion),
+        CardOperation::MakeCredential(_) => {
+            MakeCredentialResponse::parse(body).map(CardReply::MakeCredential)
+        }
+        CardOperation::GetAssertion(_) => {
+            GetAssertionResponse::parse(body).map(CardReply::GetAssertion)
+        }
     };
     reply.map_err(|e| RunError::Card(CardError::Protocol(e.to_string())))
 }
@@ -514,7 +535,10 @@ impl Handler<Run> for CardActor {
         let fail = |e| -> Self::Result { Box::pin(async move { Err(e) }) };
 
         if !self.is_connected() && !msg.wait_for_card {
-            let reason = self.last_error.clone().unwrap_or_else(|| "no card found yet".into());
+            let reason = self
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "no card found yet".into());
             return fail(CardError::NotConnected(reason));
         }
         if let Some(owner) = &msg.owner {
@@ -532,7 +556,11 @@ impl Handler<Run> for CardActor {
 
         let now = Instant::now();
         let (reply, answer) = oneshot::channel();
-        let grace = if msg.wait_for_card { self.settings.login_grace } else { Duration::ZERO };
+        let grace = if msg.wait_for_card {
+            self.settings.login_grace
+        } else {
+            Duration::ZERO
+        };
         self.queue.push_back(Job {
             id: msg.id,
             operation: msg.operation,
@@ -572,7 +600,11 @@ impl Handler<GetHealth> for CardActor {
             last_error: self.last_error.clone(),
             queued: self.queue.len(),
             aaguid: self.info.as_ref().map(|i| hex::encode(i.aaguid)),
-            versions: self.info.as_ref().map(|i| i.versions.clone()).unwrap_or_default(),
+            versions: self
+                .info
+                .as_ref()
+                .map(|i| i.versions.clone())
+                .unwrap_or_default(),
         })
     }
 }

@@ -1,1 +1,614 @@
-//! (placeholder)
+//! The protected counter: a monotonic `u64` that k_server hands out, one
+//! value per request, starting at 1.
+//!
+//! A value is returned only after the write that covers it is durable.
+//! Writes use group commit: while one batch is being flushed, new requests
+//! wait, and the next batch reserves all of their values with one write and
+//! one flush on a blocking thread. A restart continues after the last
+//! durable value.
+//!
+//! NOTE: if the process dies after a batch is durable but before its
+//! replies reach the clients, those values are never delivered, and the
+//! restarted counter continues after them. No value is ever handed out
+//! twice.
+
+use std::path::{Path, PathBuf};
+
+use actix::prelude::*;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::error::ApiError;
+
+/// Increments that may wait for the next batch before new ones are
+/// rejected. Each waiting increment is an open HTTP request, so this only
+/// bounds memory when the store stalls.
+pub const MAX_WAITING: usize = 65_536;
+
+/// Reserves the next value. Resolves once the value is durable.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<u64, CounterError>")]
+pub struct Increment;
+
+/// Returns the counter's [`CounterStats`].
+#[derive(Debug, Message)]
+#[rtype(result = "CounterStats")]
+pub struct Stats;
+
+/// Waits for the batch in flight, closes the store and stops the actor.
+/// Resolves after the store is closed, so the same path can be opened again.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Close;
+
+/// Counts since the actor started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CounterStats {
+    /// Last durable value handed out, or loaded at start.
+    pub value: u64,
+    /// Batches written and flushed successfully.
+    pub batches: u64,
+    /// Values handed out.
+    pub increments: u64,
+    /// Values in the largest successful batch.
+    pub largest_batch: u64,
+    /// Batches whose write or flush failed.
+    pub failed_batches: u64,
+    /// Increments waiting for the next batch.
+    pub waiting: usize,
+}
+
+/// Error of an increment that returned no value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CounterError {
+    #[error("counter store failed: {0}")]
+    Storage(String),
+    #[error("counter store is corrupt: {0}")]
+    Corrupt(String),
+    #[error("counter reached its maximum value {}", u64::MAX)]
+    Exhausted,
+    #[error("{limit} increments are already waiting for the store; retry later")]
+    Overloaded { limit: usize },
+    #[error("counter is closed")]
+    Closed,
+    #[error("counter stopped before the increment finished")]
+    Stopped,
+}
+
+impl From<CounterError> for ApiError {
+    fn from(error: CounterError) -> Self {
+        match error {
+            CounterError::Storage(_) | CounterError::Corrupt(_) | CounterError::Exhausted => {
+                ApiError::Storage(error.to_string())
+            }
+            CounterError::Overloaded { .. } | CounterError::Closed | CounterError::Stopped => {
+                ApiError::Unavailable(error.to_string())
+            }
+        }
+    }
+}
+
+/// Durable storage of the counter's last reserved value.
+///
+/// Calls run on a blocking thread, one at a time.
+pub trait CounterStore: Send + 'static {
+    /// Reads the stored value, which is 0 when nothing is stored yet.
+    fn load(&mut self) -> Result<u64, CounterError>;
+
+    /// Stores `value` and returns once it is durable. On error the store
+    /// should keep its previous value.
+    fn store(&mut self, value: u64) -> Result<(), CounterError>;
+}
+
+type Waiter = oneshot::Sender<Result<u64, CounterError>>;
+
+/// Result of the blocking write task: the store, handed back, with the
+/// outcome of its write. A `JoinError` means the task panicked.
+type BatchOutcome =
+    Result<(Box<dyn CounterStore>, Result<(), CounterError>), tokio::task::JoinError>;
+
+/// Where the store is, named for what the actor waits for.
+enum StoreState {
+    /// No batch in flight; the store is here.
+    Idle(Box<dyn CounterStore>),
+    /// A blocking task owns the store while it writes and flushes a batch.
+    AwaitingFlush,
+    /// Closed by [`Close`], or lost because the blocking task panicked.
+    Closed,
+}
+
+/// Actor that owns the counter store and hands out its values, as the
+/// module documentation describes.
+pub struct CounterActor {
+    store: StoreState,
+    /// Last durable value handed out, or loaded at start.
+    value: u64,
+    /// Increments for the next batch, oldest first.
+    waiting: Vec<Waiter>,
+    max_waiting: usize,
+    /// Replies owed to [`Close`] requests once the batch in flight ends.
+    closing: Vec<oneshot::Sender<()>>,
+    stats: CounterStats,
+}
+
+impl Handler<Increment> for CounterActor {
+    type Result = ResponseFuture<Result<u64, CounterError>>;
+
+    fn handle(&mut self, _: Increment, ctx: &mut Context<Self>) -> Self::Result {
+        let queued = self.enqueue(ctx);
+        Box::pin(async move {
+            match queued {
+                Ok(reply) => reply.await.unwrap_or(Err(CounterError::Stopped)),
+                Err(error) => Err(error),
+            }
+        })
+    }
+}
+
+impl Handler<Stats> for CounterActor {
+    type Result = MessageResult<Stats>;
+
+    fn handle(&mut self, _: Stats, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(CounterStats {
+            value: self.value,
+            waiting: self.waiting.len(),
+            ..self.stats
+        })
+    }
+}
+
+impl Handler<Close> for CounterActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Close, ctx: &mut Context<Self>) -> Self::Result {
+        let (done, closed) = oneshot::channel();
+        self.closing.push(done);
+        if !matches!(self.store, StoreState::AwaitingFlush) {
+            self.close(ctx);
+        }
+        Box::pin(async move {
+            // An error means the actor stopped, which also closed the store.
+            let _ = closed.await;
+        })
+    }
+}
+
+impl Actor for CounterActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        tracing::info!(value = self.value, "counter started");
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        tracing::info!(
+            value = self.value,
+            batches = self.stats.batches,
+            increments = self.stats.increments,
+            largest_batch = self.stats.largest_batch,
+            failed_batches = self.stats.failed_batches,
+            "counter stopped"
+        );
+    }
+}
+
+impl CounterActor {
+    /// Opens (or creates) the sled database at `path`.
+    pub fn open(path: &Path) -> Result<Self, CounterError> {
+        Self::new(Box::new(SledStore::open(path)?))
+    }
+
+    /// Loads the last durable value from `store`.
+    pub fn new(mut store: Box<dyn CounterStore>) -> Result<Self, CounterError> {
+        let value = store.load()?;
+        Ok(CounterActor {
+            store: StoreState::Idle(store),
+            value,
+            waiting: Vec::new(),
+            max_waiting: MAX_WAITING,
+            closing: Vec::new(),
+            stats: CounterStats::default(),
+        })
+    }
+
+    /// Sets how many increments may wait for the next batch.
+    pub fn with_max_waiting(mut self, limit: usize) -> Self {
+        self.max_waiting = limit;
+        self
+    }
+
+    fn enqueue(
+        &mut self,
+        ctx: &mut Context<Self>,
+    ) -> Result<oneshot::Receiver<Result<u64, CounterError>>, CounterError> {
+        if matches!(self.store, StoreState::Closed) || !self.closing.is_empty() {
+            return Err(CounterError::Closed);
+        }
+        if self.waiting.len() >= self.max_waiting {
+            return Err(CounterError::Overloaded {
+                limit: self.max_waiting,
+            });
+        }
+
+        let (waiter, reply) = oneshot::channel();
+        self.waiting.push(waiter);
+        self.start_batch(ctx);
+        Ok(reply)
+    }
+
+    /// Reserves values for every waiting increment and writes the batch on
+    /// a blocking thread, unless a batch is already in flight.
+    fn start_batch(&mut self, ctx: &mut Context<Self>) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let mut store = match std::mem::replace(&mut self.store, StoreState::AwaitingFlush) {
+            StoreState::Idle(store) => store,
+            other => {
+                self.store = other;
+                return;
+            }
+        };
+
+        let waiters = std::mem::take(&mut self.waiting);
+        let Some(last) = self.value.checked_add(waiters.len() as u64) else {
+            self.store = StoreState::Idle(store);
+            for waiter in waiters {
+                let _ = waiter.send(Err(CounterError::Exhausted));
+            }
+            return;
+        };
+
+        let write = tokio::task::spawn_blocking(move || {
+            let result = store.store(last);
+            (store, result)
+        });
+        ctx.spawn(
+            write
+                .into_actor(self)
+                .map(move |joined, actor, ctx| actor.finish_batch(joined, waiters, last, ctx)),
+        );
+    }
+
+    fn finish_batch(
+        &mut self,
+        joined: BatchOutcome,
+        waiters: Vec<Waiter>,
+        last: u64,
+        ctx: &mut Context<Self>,
+    ) {
+        let size = waiters.len() as u64;
+        match joined {
+            Ok((store, Ok(()))) => {
+                self.store = StoreState::Idle(store);
+                let first = self.value + 1;
+                self.value = last;
+                self.stats.batches += 1;
+                self.stats.increments += size;
+                self.stats.largest_batch = self.stats.largest_batch.max(size);
+                tracing::debug!(first, last, size, "counter batch durable");
+
+                // A waiter whose client has gone loses its value. Values
+                // are never reused, so this leaves a gap but no duplicate.
+                for (waiter, value) in waiters.into_iter().zip(first..=last) {
+                    let _ = waiter.send(Ok(value));
+                }
+            }
+            Ok((store, Err(error))) => {
+                self.store = StoreState::Idle(store);
+                self.stats.failed_batches += 1;
+                tracing::warn!(%error, size, value = self.value, "counter batch failed");
+                for waiter in waiters {
+                    let _ = waiter.send(Err(error.clone()));
+                }
+            }
+            Err(join_error) => {
+                // The store went down with the panicking task, so the
+                // counter cannot continue.
+                self.store = StoreState::Closed;
+                self.stats.failed_batches += 1;
+                let error = CounterError::Storage(format!("store task failed: {join_error}"));
+                tracing::error!(%error, size, value = self.value, "counter closed");
+                for waiter in waiters.into_iter().chain(self.waiting.drain(..)) {
+                    let _ = waiter.send(Err(error.clone()));
+                }
+            }
+        }
+
+        if self.closing.is_empty() {
+            self.start_batch(ctx);
+        } else {
+            self.close(ctx);
+        }
+    }
+
+    /// Rejects waiting increments, closes the store on a blocking thread,
+    /// then replies to the [`Close`] requests and stops.
+    fn close(&mut self, ctx: &mut Context<Self>) {
+        for waiter in self.waiting.drain(..) {
+            let _ = waiter.send(Err(CounterError::Closed));
+        }
+
+        let store = std::mem::replace(&mut self.store, StoreState::Closed);
+        let release = tokio::task::spawn_blocking(move || drop(store));
+        ctx.wait(release.into_actor(self).map(|_, actor, ctx| {
+            for done in actor.closing.drain(..) {
+                let _ = done.send(());
+            }
+            ctx.stop();
+        }));
+    }
+}
+
+/// The counter in a sled database: tree `counter`, key `value`, the value
+/// as 8 bytes big-endian.
+pub struct SledStore {
+    path: PathBuf,
+    tree: sled::Tree,
+    // Kept open for the tree's lifetime; dropping the last handle flushes
+    // and releases the database's file lock.
+    _db: sled::Db,
+}
+
+impl SledStore {
+    const TREE: &'static str = "counter";
+    const KEY: &'static [u8] = b"value";
+
+    /// Opens (or creates) the database folder at `path`.
+    pub fn open(path: &Path) -> Result<Self, CounterError> {
+        let failed = |error: sled::Error| {
+            CounterError::Storage(format!("cannot open {}: {error}", path.display()))
+        };
+        let db = sled::open(path).map_err(failed)?;
+        let tree = db.open_tree(Self::TREE).map_err(failed)?;
+        Ok(SledStore {
+            path: path.to_path_buf(),
+            tree,
+            _db: db,
+        })
+    }
+
+    fn failed(&self, action: &str, error: sled::Error) -> CounterError {
+        CounterError::Storage(format!("{action} {}: {error}", self.path.display()))
+    }
+}
+
+impl CounterStore for SledStore {
+    fn load(&mut self) -> Result<u64, CounterError> {
+        let stored = self
+            .tree
+            .get(Self::KEY)
+            .map_err(|error| self.failed("cannot read", error))?;
+        let Some(bytes) = stored else {
+            return Ok(0);
+        };
+        let bytes: [u8; 8] = bytes.as_ref().try_into().map_err(|_| {
+            CounterError::Corrupt(format!(
+                "{}: record `value`: expected 8 bytes, found {}",
+                self.path.display(),
+                bytes.len()
+            ))
+        })?;
+        Ok(u64::from_be_bytes(bytes))
+    }
+
+    fn store(&mut self, value: u64) -> Result<(), CounterError> {
+        let previous = self
+            .tree
+            .insert(Self::KEY, &value.to_be_bytes())
+            .map_err(|error| self.failed("cannot write", error))?;
+
+        if let Err(error) = self.tree.flush() {
+            // Put the previous value back in memory, so that a later flush
+            // cannot make the failed batch's value durable.
+            let restored = match previous {
+                Some(bytes) => self.tree.insert(Self::KEY, bytes).map(drop),
+                None => self.tree.remove(Self::KEY).map(drop),
+            };
+            if let Err(restore_error) = restored {
+                tracing::warn!(%restore_error, "cannot restore the counter after a failed flush");
+            }
+            return Err(self.failed("cannot flush", error));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use futures_util::future::join_all;
+
+    use super::*;
+
+    /// A store in memory whose writes take `delay` and fail while `fail`
+    /// is set.
+    #[derive(Clone, Default)]
+    struct MemoryStore {
+        value: Arc<Mutex<u64>>,
+        writes: Arc<AtomicU64>,
+        fail: Arc<AtomicBool>,
+        delay: Duration,
+    }
+
+    impl CounterStore for MemoryStore {
+        fn load(&mut self) -> Result<u64, CounterError> {
+            Ok(*self.value.lock().expect("lock"))
+        }
+
+        fn store(&mut self, value: u64) -> Result<(), CounterError> {
+            std::thread::sleep(self.delay);
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(CounterError::Storage("disk full".to_owned()));
+            }
+            *self.value.lock().expect("lock") = value;
+            Ok(())
+        }
+    }
+
+    fn start(store: &MemoryStore) -> Addr<CounterActor> {
+        CounterActor::new(Box::new(store.clone()))
+            .expect("load")
+            .start()
+    }
+
+    async fn increment(counter: &Addr<CounterActor>) -> Result<u64, CounterError> {
+        counter.send(Increment).await.expect("actor running")
+    }
+
+    #[actix_rt::test]
+    async fn increment_continues_after_loaded_value() {
+        let store = MemoryStore::default();
+        *store.value.lock().expect("lock") = 41;
+        let counter = start(&store);
+
+        assert_eq!(increment(&counter).await, Ok(42));
+        assert_eq!(increment(&counter).await, Ok(43));
+        assert_eq!(*store.value.lock().expect("lock"), 43);
+    }
+
+    #[actix_rt::test]
+    async fn concurrent_increments_share_one_flush() {
+        let store = MemoryStore {
+            delay: Duration::from_millis(50),
+            ..MemoryStore::default()
+        };
+        let counter = start(&store);
+
+        let results = join_all((0..100).map(|_| counter.send(Increment))).await;
+        let mut values: Vec<u64> = results
+            .into_iter()
+            .map(|result| result.expect("actor running").expect("value"))
+            .collect();
+        values.sort_unstable();
+
+        assert_eq!(values, (1..=100).collect::<Vec<_>>());
+        let stats = counter.send(Stats).await.expect("stats");
+        assert_eq!(stats.increments, 100);
+        assert_eq!(stats.value, 100);
+        // The first increment starts a batch alone; the other 99 arrive
+        // while it is being flushed and share the next.
+        assert!(stats.batches <= 3, "{stats:?}");
+        assert!(stats.largest_batch >= 90, "{stats:?}");
+        assert_eq!(store.writes.load(Ordering::SeqCst), stats.batches);
+    }
+
+    #[actix_rt::test]
+    async fn failed_flush_fails_whole_batch_without_gap() {
+        let store = MemoryStore {
+            delay: Duration::from_millis(20),
+            ..MemoryStore::default()
+        };
+        let counter = start(&store);
+        assert_eq!(increment(&counter).await, Ok(1));
+
+        store.fail.store(true, Ordering::SeqCst);
+        let results = join_all((0..10).map(|_| counter.send(Increment))).await;
+        for result in results {
+            let error = result.expect("actor running").expect_err("store fails");
+            assert_eq!(error, CounterError::Storage("disk full".to_owned()));
+        }
+        assert_eq!(*store.value.lock().expect("lock"), 1);
+
+        store.fail.store(false, Ordering::SeqCst);
+        assert_eq!(increment(&counter).await, Ok(2));
+        let stats = counter.send(Stats).await.expect("stats");
+        assert!(stats.failed_batches >= 1, "{stats:?}");
+        assert_eq!(stats.increments, 2);
+    }
+
+    #[actix_rt::test]
+    async fn increment_at_maximum_is_exhausted() {
+        let store = MemoryStore::default();
+        *store.value.lock().expect("lock") = u64::MAX;
+        let counter = start(&store);
+
+        assert_eq!(increment(&counter).await, Err(CounterError::Exhausted));
+        assert_eq!(store.writes.load(Ordering::SeqCst), 0);
+    }
+
+    #[actix_rt::test]
+    async fn increments_over_waiting_limit_are_rejected() {
+        let store = MemoryStore {
+            delay: Duration::from_millis(50),
+            ..MemoryStore::default()
+        };
+        let counter = CounterActor::new(Box::new(store.clone()))
+            .expect("load")
+            .with_max_waiting(2)
+            .start();
+
+        // One increment in flight, two waiting, the fourth over the limit.
+        let results = join_all((0..4).map(|_| counter.send(Increment))).await;
+        let outcomes: Vec<_> = results
+            .into_iter()
+            .map(|result| result.expect("actor running"))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                Ok(1),
+                Ok(2),
+                Ok(3),
+                Err(CounterError::Overloaded { limit: 2 })
+            ]
+        );
+    }
+
+    #[actix_rt::test]
+    async fn close_waits_for_batch_in_flight() {
+        let store = MemoryStore {
+            delay: Duration::from_millis(50),
+            ..MemoryStore::default()
+        };
+        let counter = start(&store);
+
+        let pending = counter.send(Increment);
+        let closed = counter.send(Close);
+        let (value, closed) = tokio::join!(pending, closed);
+        assert_eq!(value.expect("actor running"), Ok(1));
+        closed.expect("close replies");
+        assert_eq!(*store.value.lock().expect("lock"), 1);
+        assert!(counter.send(Increment).await.is_err(), "counter is stopped");
+    }
+
+    #[actix_rt::test]
+    async fn sled_store_reopens_at_last_value() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("counter");
+
+        let counter = CounterActor::open(&path).expect("open").start();
+        for expected in 1..=3 {
+            assert_eq!(increment(&counter).await, Ok(expected));
+        }
+        counter.send(Close).await.expect("close");
+
+        let counter = CounterActor::open(&path).expect("reopen after close");
+        assert_eq!(counter.value, 3);
+        let counter = counter.start();
+        assert_eq!(increment(&counter).await, Ok(4));
+    }
+
+    #[test]
+    fn sled_store_rejects_record_of_wrong_length() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("counter");
+        {
+            let db = sled::open(&path).expect("open");
+            let tree = db.open_tree(SledStore::TREE).expect("tree");
+            tree.insert(SledStore::KEY, &[1, 2, 3]).expect("insert");
+            tree.flush().expect("flush");
+        }
+
+        let error = CounterActor::open(&path).err().expect("corrupt record");
+        assert!(matches!(error, CounterError::Corrupt(_)), "{error:?}");
+        assert!(
+            error.to_string().contains("expected 8 bytes, found 3"),
+            "{error}"
+        );
+    }
+}

@@ -165,7 +165,10 @@ impl OperationsActor {
         let expired: Vec<(String, u64)> = self
             .operations
             .iter()
-            .filter(|(_, op)| op.finished_at.is_some_and(|t| now.duration_since(t) > FINISHED_RETENTION))
+            .filter(|(_, op)| {
+                op.finished_at
+                    .is_some_and(|t| now.duration_since(t) > FINISHED_RETENTION)
+            })
             .map(|(id, op)| (id.clone(), op.card_id))
             .collect();
         for (id, card_id) in expired {
@@ -311,7 +314,8 @@ impl Handler<Poll> for OperationsActor {
                 view.session_token = token.take();
             }
             Some(Err(e)) => {
-                view.error = Some(serde_json::json!({ "error": e.code(), "details": e.to_string() }));
+                view.error =
+                    Some(serde_json::json!({ "error": e.code(), "details": e.to_string() }));
             }
             None => {}
         }
@@ -364,7 +368,14 @@ mod tests {
             .unwrap();
         let mut state = OperationState::Queued;
         for _ in 0..50 {
-            state = actor.send(Poll { operation: id.clone() }).await.unwrap().unwrap().state;
+            state = actor
+                .send(Poll {
+                    operation: id.clone(),
+                })
+                .await
+                .unwrap()
+                .unwrap()
+                .state;
             if state == OperationState::AwaitingPresence {
                 break;
             }
@@ -372,7 +383,13 @@ mod tests {
         }
         assert_eq!(state, OperationState::AwaitingPresence);
 
-        actor.send(Cancel { operation: id.clone() }).await.unwrap().unwrap();
+        actor
+            .send(Cancel {
+                operation: id.clone(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
         assert!(cancel.load(std::sync::atomic::Ordering::Relaxed));
 
         actor
@@ -385,7 +402,13 @@ mod tests {
             })
             .await
             .unwrap();
-        let first = actor.send(Poll { operation: id.clone() }).await.unwrap().unwrap();
+        let first = actor
+            .send(Poll {
+                operation: id.clone(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(first.state, OperationState::Succeeded);
         assert_eq!(first.session_token.as_deref(), Some("secret"));
         let second = actor.send(Poll { operation: id }).await.unwrap().unwrap();
@@ -396,8 +419,19 @@ mod tests {
     async fn unknown_operation_is_not_found() {
         let (events, _) = broadcast::channel(16);
         let actor = OperationsActor::new(events).start();
-        assert!(actor.send(Poll { operation: "nope".into() }).await.unwrap().is_none());
-        let cancel = actor.send(Cancel { operation: "nope".into() }).await.unwrap();
+        assert!(actor
+            .send(Poll {
+                operation: "nope".into()
+            })
+            .await
+            .unwrap()
+            .is_none());
+        let cancel = actor
+            .send(Cancel {
+                operation: "nope".into(),
+            })
+            .await
+            .unwrap();
         assert!(matches!(cancel, Err(ApiError::NotFound(_))));
     }
 }

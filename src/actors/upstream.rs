@@ -71,7 +71,10 @@ impl UpstreamActor {
             .timeout(settings.request_timeout)
             .disable_redirects()
             .finish();
-        let counter_url = format!("{}/resource/counter", settings.base_url.trim_end_matches('/'));
+        let counter_url = format!(
+            "{}/resource/counter",
+            settings.base_url.trim_end_matches('/')
+        );
         UpstreamActor {
             settings,
             client,
@@ -119,7 +122,9 @@ impl Handler<IncrementCounter> for UpstreamActor {
                 .body()
                 .limit(MAX_RESPONSE_BYTES)
                 .await
-                .map_err(|e| ApiError::UpstreamFailed(format!("reading the reply of {url} failed: {e}")))?;
+                .map_err(|e| {
+                    ApiError::UpstreamFailed(format!("reading the reply of {url} failed: {e}"))
+                })?;
             if status.as_u16() == 503 {
                 return Err(ApiError::UpstreamUnavailable(format!(
                     "{url} answered 503; k_server is starting, stopping or overloaded"

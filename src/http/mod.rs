@@ -45,7 +45,10 @@ fn json_error(e: JsonPayloadError, limit: usize) -> ApiError {
         JsonPayloadError::ContentType => {
             ApiError::invalid("body", "send it with `Content-Type: application/json`")
         }
-        JsonPayloadError::Deserialize(e) => ApiError::invalid("body", format!("{e}; send a JSON object with the documented fields")),
+        JsonPayloadError::Deserialize(e) => ApiError::invalid(
+            "body",
+            format!("{e}; send a JSON object with the documented fields"),
+        ),
         other => ApiError::invalid("body", other.to_string()),
     }
 }
@@ -61,10 +64,10 @@ pub fn query_config() -> web::QueryConfig {
 }
 
 /// Answers requests for paths that do not exist.
-pub async fn not_found(req: HttpRequest) -> ApiError {
-    ApiError::NotFound(format!(
+pub async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
         "no endpoint {} {}; see the API list in the README",
         req.method(),
         req.path()
-    ))
+    )))
 }

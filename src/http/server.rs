@@ -1,10 +1,290 @@
-//! (placeholder)
+//! HTTP front end of the `server` role (k_server): the protected counter
+//! over HTTPS with mutual TLS.
+//!
+//! Routes:
+//! - `GET /health` returns `{"ok":true,"role":"server","version":…,"counter":{…}}`
+//!   with the counter's statistics.
+//! - `POST /resource/counter` returns `{"ok":true,"value":N}` once `N` is
+//!   durable. The request body is ignored but may not exceed
+//!   `http.max_body_bytes`.
+//!
+//! Every client must present a certificate signed by `tls.client_ca`;
+//! without one the TLS handshake fails before any request is read.
+
+use std::io;
+use std::net::SocketAddr;
+
+use actix::{Actor, Addr, MailboxError};
+use actix_rt::task::JoinHandle;
+use actix_web::dev::{Server, ServerHandle, Service as _};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::KeepAlive;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use futures_util::StreamExt as _;
+use serde::Serialize;
+use tracing::Instrument as _;
+
+use crate::actors::counter::{Close, CounterActor, CounterStats, Increment, Stats};
+use crate::config::ServerConfig;
+use crate::error::{ApiError, StartError};
+
+/// Header that carries the request id. The server reuses an id sent by the
+/// proxy, so that both roles log the same id, and returns it in responses.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Maximum length of a request id accepted from a client. Longer ones are
+/// replaced.
+pub const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// A started server. It accepts connections only while `server` is polled:
+/// await [`RunningServer::wait`], or call [`RunningServer::spawn`] to run
+/// it on its own task. `server` resolves when the server stops after a
+/// signal or a stop through its handle.
 pub struct RunningServer {
-    pub addr: std::net::SocketAddr,
-    pub server: actix_web::dev::Server,
+    /// The bound address, with the real port when the config asked for port 0.
+    pub addr: SocketAddr,
+    pub server: Server,
+    /// The counter actor, for its statistics and for closing the store.
+    pub counter: Addr<CounterActor>,
 }
-pub async fn start(
-    _: crate::config::ServerConfig,
-) -> Result<RunningServer, crate::error::StartError> {
-    unimplemented!()
+
+impl RunningServer {
+    /// Runs the server until it stops, then closes the counter store.
+    pub async fn wait(self) -> io::Result<()> {
+        let result = self.server.await;
+        self.counter.send(Close).await.ok();
+        tracing::info!(addr = %self.addr, "server stopped");
+        result
+    }
+
+    /// Runs the server on a task of the current arbiter.
+    pub fn spawn(self) -> SpawnedServer {
+        let addr = self.addr;
+        let handle = self.server.handle();
+        let counter = self.counter.clone();
+        let task = actix_rt::spawn(self.wait());
+        SpawnedServer {
+            addr,
+            handle,
+            counter,
+            task,
+        }
+    }
+}
+
+/// A server running on its own task, returned by [`RunningServer::spawn`].
+pub struct SpawnedServer {
+    pub addr: SocketAddr,
+    pub handle: ServerHandle,
+    pub counter: Addr<CounterActor>,
+    task: JoinHandle<io::Result<()>>,
+}
+
+impl SpawnedServer {
+    /// Stops the server, gracefully (open requests get up to
+    /// `http.shutdown_timeout_s`) or at once. Returns after the counter
+    /// store is closed, so the same store path can be opened again.
+    pub async fn stop(self, graceful: bool) -> io::Result<()> {
+        self.handle.stop(graceful).await;
+        self.task.await.map_err(io::Error::other)?
+    }
+}
+
+/// Starts the server on `config.listen`. Must run inside an actix System,
+/// and the counter actor runs on the calling arbiter.
+pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
+    // 1. TLS: client certificates from `tls.client_ca` are required.
+    let tls = crate::tls::server_config(
+        &config.tls.cert,
+        &config.tls.key,
+        Some(&config.tls.client_ca),
+    )
+    .map_err(|error| StartError::Tls(error.to_string()))?;
+
+    // 2. The counter store.
+    let counter = CounterActor::open(&config.store.path)
+        .map_err(|error| StartError::Store {
+            path: config.store.path.display().to_string(),
+            reason: error.to_string(),
+        })?
+        .start();
+
+    // 3. The HTTP listener.
+    let http = config.http.clone();
+    let counter_data = web::Data::new(counter.clone());
+    let body_limit = web::Data::new(BodyLimit(http.max_body_bytes));
+    let keep_alive = match http.keep_alive_s {
+        0 => KeepAlive::Disabled,
+        _ => KeepAlive::Timeout(http.keep_alive()),
+    };
+
+    let mut builder = HttpServer::new(move || {
+        App::new()
+            .app_data(counter_data.clone())
+            .app_data(body_limit.clone())
+            .wrap_fn(|request, service| {
+                let id = request_id(request.request());
+                let span = tracing::info_span!(
+                    "request",
+                    id = %id,
+                    method = %request.method(),
+                    path = %request.path(),
+                );
+                let response = span.in_scope(|| service.call(request));
+                async move {
+                    let mut response = response.await?;
+                    tracing::debug!(status = response.status().as_u16(), "request finished");
+                    if let Ok(value) = HeaderValue::from_str(&id) {
+                        response
+                            .headers_mut()
+                            .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
+                    }
+                    Ok(response)
+                }
+                .instrument(span)
+            })
+            .configure(routes)
+    })
+    .keep_alive(keep_alive)
+    .client_request_timeout(http.client_request_timeout())
+    .tls_handshake_timeout(http.client_request_timeout())
+    .shutdown_timeout(http.shutdown_timeout_s)
+    .max_connections(http.max_connections);
+    if http.workers > 0 {
+        builder = builder.workers(http.workers);
+    }
+
+    let builder = builder
+        .bind_rustls_0_23(config.listen, tls)
+        .map_err(|source| StartError::Io {
+            what: format!("cannot listen on {}", config.listen),
+            source,
+        })?;
+    let addr =
+        builder.addrs().first().copied().ok_or_else(|| {
+            StartError::Other(format!("no socket was bound for {}", config.listen))
+        })?;
+    let server = builder.run();
+    tracing::info!(%addr, store = %config.store.path.display(), "server listening");
+
+    Ok(RunningServer {
+        addr,
+        server,
+        counter,
+    })
+}
+
+/// Maximum request body in bytes, from `http.max_body_bytes`.
+#[derive(Debug, Clone, Copy)]
+struct BodyLimit(usize);
+
+fn routes(config: &mut web::ServiceConfig) {
+    config
+        .service(
+            web::resource("/health")
+                .route(web::get().to(health))
+                .default_service(web::to(|request: HttpRequest| wrong_method(request, "GET"))),
+        )
+        .service(
+            web::resource("/resource/counter")
+                .route(web::post().to(increment))
+                .default_service(web::to(|request: HttpRequest| {
+                    wrong_method(request, "POST")
+                })),
+        )
+        .default_service(web::to(not_found));
+}
+
+#[derive(Serialize)]
+struct HealthBody {
+    ok: bool,
+    role: &'static str,
+    version: &'static str,
+    counter: CounterStats,
+}
+
+async fn health(counter: web::Data<Addr<CounterActor>>) -> Result<HttpResponse, ApiError> {
+    let stats = counter.send(Stats).await.map_err(counter_gone)?;
+    Ok(HttpResponse::Ok().json(HealthBody {
+        ok: true,
+        role: "server",
+        version: env!("CARGO_PKG_VERSION"),
+        counter: stats,
+    }))
+}
+
+#[derive(Serialize)]
+struct CounterBody {
+    ok: bool,
+    value: u64,
+}
+
+async fn increment(
+    counter: web::Data<Addr<CounterActor>>,
+    limit: web::Data<BodyLimit>,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    discard_body(body, limit.0).await?;
+    let value = counter.send(Increment).await.map_err(counter_gone)??;
+    tracing::debug!(value, "counter incremented");
+    Ok(HttpResponse::Ok().json(CounterBody { ok: true, value }))
+}
+
+async fn not_found(request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "no route for {} {}; the server serves GET /health and POST /resource/counter",
+        request.method(),
+        request.path()
+    )))
+}
+
+// NOTE: ApiError has no variant for 405 Method Not Allowed, so a known path
+// with the wrong method is reported as not found.
+async fn wrong_method(
+    request: HttpRequest,
+    allowed: &'static str,
+) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "{} {} is not served; use {allowed}",
+        request.method(),
+        request.path()
+    )))
+}
+
+/// Reads and drops the request body, failing as soon as it exceeds `limit`
+/// bytes.
+async fn discard_body(mut body: web::Payload, limit: usize) -> Result<(), ApiError> {
+    let mut received = 0usize;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|error| ApiError::invalid("body", error.to_string()))?;
+        received = received.saturating_add(chunk.len());
+        if received > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+    }
+    Ok(())
+}
+
+fn counter_gone(error: MailboxError) -> ApiError {
+    ApiError::Unavailable(format!("the counter is not running: {error}"))
+}
+
+/// Returns the client's request id if it has 1 to [`MAX_REQUEST_ID_LEN`]
+/// letters, digits, `-` or `_`, and a new random id otherwise.
+fn request_id(request: &HttpRequest) -> String {
+    let sent = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= MAX_REQUEST_ID_LEN
+                && id
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+        });
+    match sent {
+        Some(id) => id.to_owned(),
+        None => format!("{:016x}", rand::random::<u64>()),
+    }
 }

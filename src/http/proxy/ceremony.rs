@@ -17,8 +17,8 @@ use sha2::{Digest, Sha256};
 
 use crate::actors::card::{CardActor, CardOperation, CardReply, Run};
 use crate::actors::enrollments::{
-    Credential, EnrollmentError, EnrollmentsActor, Lookup, RecordSignCount, Register,
-    Release, Reserve, User,
+    Credential, EnrollmentError, EnrollmentsActor, Lookup, RecordSignCount, Register, Release,
+    Reserve, User,
 };
 use crate::ctap::attestation::{self, AttestationType};
 use crate::ctap::cose::CoseKey;
@@ -124,7 +124,11 @@ impl Ceremony<'_> {
         result
     }
 
-    async fn create_and_store(&self, username: &Username, display_name: String) -> Result<User, ApiError> {
+    async fn create_and_store(
+        &self,
+        username: &Username,
+        display_name: String,
+    ) -> Result<User, ApiError> {
         // 2. Client data for webauthn.create with a fresh challenge.
         let client_data_hash = client_data_hash("webauthn.create", &self.rp.origin)?;
 
@@ -157,7 +161,9 @@ impl Ceremony<'_> {
             .await
             .map_err(mailbox)??;
         let CardReply::MakeCredential(response) = reply else {
-            return Err(ApiError::Internal("the card actor answered makeCredential with another reply".into()));
+            return Err(ApiError::Internal(
+                "the card actor answered makeCredential with another reply".into(),
+            ));
         };
 
         // 4. The attestation statement: packed (self or x5c), fido-u2f or none.
@@ -174,7 +180,9 @@ impl Ceremony<'_> {
             )));
         }
         if !auth_data.flags.up() {
-            return Err(ApiError::CardFailed("the card did not report user presence (UP flag clear)".into()));
+            return Err(ApiError::CardFailed(
+                "the card did not report user presence (UP flag clear)".into(),
+            ));
         }
         if self.rp.user_verification && !auth_data.flags.uv() {
             return Err(ApiError::CardFailed(
@@ -184,7 +192,9 @@ impl Ceremony<'_> {
 
         // 6. The new credential and its public key.
         let Some(attested) = &auth_data.attested else {
-            return Err(ApiError::CardFailed("the card returned no attested credential data".into()));
+            return Err(ApiError::CardFailed(
+                "the card returned no attested credential data".into(),
+            ));
         };
         let credential = Credential {
             credential_id: attested.credential_id.clone(),
@@ -220,9 +230,13 @@ impl Ceremony<'_> {
             .await
             .map_err(mailbox)?
             .map_err(store_error)?
-            .ok_or_else(|| ApiError::NotFound(format!("user {username} is not enrolled; enroll first")))?;
+            .ok_or_else(|| {
+                ApiError::NotFound(format!("user {username} is not enrolled; enroll first"))
+            })?;
         if enrollment.credentials.is_empty() {
-            return Err(ApiError::NotFound(format!("user {username} has no credential; enroll again")));
+            return Err(ApiError::NotFound(format!(
+                "user {username} has no credential; enroll again"
+            )));
         }
 
         // 2. Client data for webauthn.get with a fresh challenge.
@@ -251,7 +265,9 @@ impl Ceremony<'_> {
             .await
             .map_err(mailbox)??;
         let CardReply::GetAssertion(response) = reply else {
-            return Err(ApiError::Internal("the card actor answered getAssertion with another reply".into()));
+            return Err(ApiError::Internal(
+                "the card actor answered getAssertion with another reply".into(),
+            ));
         };
 
         // 4. The credential used must be one of this user's. A card may omit
@@ -261,7 +277,11 @@ impl Ceremony<'_> {
             (None, [only]) => Some(only),
             (None, _) => None,
         }
-        .ok_or_else(|| ApiError::CardFailed("the card answered with a credential that is not this user's".into()))?;
+        .ok_or_else(|| {
+            ApiError::CardFailed(
+                "the card answered with a credential that is not this user's".into(),
+            )
+        })?;
 
         // 5. rpIdHash, UP, and UV when configured.
         let auth_data = &response.auth_data;
@@ -272,7 +292,9 @@ impl Ceremony<'_> {
             )));
         }
         if !auth_data.flags.up() {
-            return Err(ApiError::CardFailed("the card did not report user presence (UP flag clear)".into()));
+            return Err(ApiError::CardFailed(
+                "the card did not report user presence (UP flag clear)".into(),
+            ));
         }
         if self.rp.user_verification && !auth_data.flags.uv() {
             return Err(ApiError::CardFailed(
@@ -282,10 +304,14 @@ impl Ceremony<'_> {
 
         // 6. The signature over authenticatorData ‖ clientDataHash with the
         //    stored public key.
-        let (key, _) = CoseKey::parse(&credential.public_key_cose)
-            .map_err(|e| ApiError::Storage(format!("stored public key of {username} is unreadable: {e}")))?;
-        verify_assertion(&key, &auth_data.raw, &client_data_hash, &response.signature)
-            .map_err(|e| ApiError::Forbidden(format!("the card's signature did not verify: {e}")))?;
+        let (key, _) = CoseKey::parse(&credential.public_key_cose).map_err(|e| {
+            ApiError::Storage(format!(
+                "stored public key of {username} is unreadable: {e}"
+            ))
+        })?;
+        verify_assertion(&key, &auth_data.raw, &client_data_hash, &response.signature).map_err(
+            |e| ApiError::Forbidden(format!("the card's signature did not verify: {e}")),
+        )?;
 
         // 7. The signature counter must increase unless the card keeps none.
         self.enrollments

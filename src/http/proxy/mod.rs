@@ -17,13 +17,14 @@ use tokio::sync::broadcast;
 use crate::actors::card::{CardActor, CardSettings, EVENT_CAPACITY};
 use crate::actors::enrollments::EnrollmentsActor;
 use crate::actors::operations::OperationsActor;
+use crate::actors::ratelimit::{RateLimitActor, RateLimitSettings};
 use crate::actors::sessions::{SessionSettings, SessionsActor};
 use crate::actors::upstream::{UpstreamActor, UpstreamSettings};
 use crate::config::{ConfigError, ProxyConfig};
 use crate::ctap::device::Timing;
 use crate::ctap::sim::authenticator::SimAuthenticator;
-use crate::ctap::sim::engine::{Presence, SimCard, SimHandle};
-use crate::ctap::transport::{self, DeviceSpec};
+use crate::ctap::sim::engine::Presence;
+use crate::ctap::transport::{self, DeviceSpec, SimCard, SimHandle};
 use crate::error::{ApiError, StartError};
 
 pub mod ceremony;
@@ -116,24 +117,25 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
         .device
         .parse()
         .map_err(|e| bad_key("card.device", format!("{e}")))?;
-    let sim = match spec {
-        DeviceSpec::Sim => {
-            let presence: Presence = config
-                .card
-                .sim_presence
-                .parse()
-                .map_err(|e| bad_key("card.sim_presence", format!("{e}")))?;
-            let authenticator = SimAuthenticator::open(config.card.sim_state.as_deref()).map_err(|e| {
-                StartError::Io {
-                    what: "cannot open the simulated card's state".into(),
-                    source: e,
-                }
-            })?;
-            Some(SimCard::spawn(authenticator, presence))
-        }
-        _ => None,
-    };
-    let connector = transport::connector(&spec, sim.clone()).map_err(|e| bad_key("card.device", e.to_string()))?;
+    let sim =
+        match spec {
+            DeviceSpec::Sim => {
+                let presence: Presence = config
+                    .card
+                    .sim_presence
+                    .parse()
+                    .map_err(|e| bad_key("card.sim_presence", format!("{e}")))?;
+                let authenticator = SimAuthenticator::open(config.card.sim_state.as_deref())
+                    .map_err(|e| StartError::Io {
+                        what: "cannot open the simulated card's state".into(),
+                        source: e,
+                    })?;
+                Some(SimCard::spawn(authenticator, presence))
+            }
+            _ => None,
+        };
+    let connector = transport::connector(&spec, sim.clone())
+        .map_err(|e| bad_key("card.device", e.to_string()))?;
     let (events, _) = broadcast::channel(EVENT_CAPACITY);
     let timing = Timing {
         idle_timeout: Duration::from_millis(config.card.idle_timeout_ms),
@@ -153,10 +155,11 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
     .start_supervised();
 
     // Stores and sessions.
-    let enrollments = EnrollmentsActor::start(config.store.path.clone()).map_err(|e| StartError::Store {
-        path: config.store.path.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let enrollments =
+        EnrollmentsActor::start(config.store.path.clone()).map_err(|e| StartError::Store {
+            path: config.store.path.display().to_string(),
+            reason: e.to_string(),
+        })?;
     let sessions = SessionsActor::new(SessionSettings {
         idle_timeout: Duration::from_secs(config.session.idle_timeout_s),
         lifetime: Duration::from_secs(config.session.lifetime_s),
@@ -173,9 +176,18 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
     .start();
 
     let operations = OperationsActor::new(events.clone()).start();
+    let limits = RateLimitActor::new(RateLimitSettings {
+        address_burst: config.limits.address_burst,
+        address_refill: Duration::from_millis(config.limits.address_refill_ms),
+        username_free_failures: config.limits.username_free_failures,
+        username_first_backoff: Duration::from_millis(config.limits.username_first_backoff_ms),
+        username_max_backoff: Duration::from_secs(config.limits.username_max_backoff_s),
+    })
+    .start();
 
     let state = web::Data::new(ProxyState {
         operations,
+        limits,
         sessions,
         enrollments,
         upstream,

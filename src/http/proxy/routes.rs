@@ -15,6 +15,7 @@ use super::ceremony::{store_error, Ceremony, RelyingParty};
 use crate::actors::card::{CardActor, CardEvent, GetHealth};
 use crate::actors::enrollments::{Delete, EnrollmentsActor, List, Lookup, Update, User};
 use crate::actors::operations::{self, OperationKind, OperationsActor, Outcome};
+use crate::actors::ratelimit::{self, RateLimitActor};
 use crate::actors::sessions::{self, IssuedSession, SessionError, SessionInfo, SessionsActor};
 use crate::actors::upstream::{IncrementCounter, UpstreamActor};
 use crate::domain::{parse_display_name, Username};
@@ -29,6 +30,7 @@ pub struct ProxyState {
     pub upstream: Addr<UpstreamActor>,
     pub card: Addr<CardActor>,
     pub operations: Addr<OperationsActor>,
+    pub limits: Addr<RateLimitActor>,
     pub events: broadcast::Sender<CardEvent>,
     pub rp: RelyingParty,
     pub cookie_name: String,
@@ -61,7 +63,9 @@ fn mailbox(e: actix::MailboxError) -> ApiError {
 
 /// RFC 3339 UTC time, as used in every JSON reply.
 pub fn rfc3339(time: SystemTime) -> String {
-    time::OffsetDateTime::from(time)
+    let whole_seconds = time::OffsetDateTime::from(time).replace_nanosecond(0);
+    whole_seconds
+        .unwrap_or_else(|_| time::OffsetDateTime::from(time))
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
@@ -102,6 +106,48 @@ impl ProxyState {
         }
     }
 
+    /// Refuses a login or enrollment attempt at once when the client
+    /// address or the username is throttled.
+    async fn admit(
+        &self,
+        peer: Option<std::net::IpAddr>,
+        username: &Username,
+    ) -> Result<(), ApiError> {
+        self.limits
+            .send(ratelimit::Admit {
+                address: peer,
+                username: username.as_str().to_string(),
+            })
+            .await
+            .map_err(mailbox)?
+    }
+
+    /// Counts an attempt's outcome against the username when it failed in a
+    /// way an attacker could cause: declined, bad signature, unknown user.
+    fn report<T>(&self, username: &Username, result: &Result<T, ApiError>) {
+        let failed = matches!(
+            result,
+            Err(ApiError::CardDenied(_) | ApiError::Forbidden(_) | ApiError::NotFound(_))
+        );
+        self.limits.do_send(ratelimit::Outcome {
+            username: username.as_str().to_string(),
+            failed,
+        });
+    }
+
+    /// Runs an attempt between [`Self::admit`] and [`Self::report`].
+    async fn limited<T>(
+        &self,
+        peer: Option<std::net::IpAddr>,
+        username: &Username,
+        attempt: impl std::future::Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        self.admit(peer, username).await?;
+        let result = attempt.await;
+        self.report(username, &result);
+        result
+    }
+
     fn next_operation_id(&self) -> u64 {
         self.next_operation.fetch_add(1, Ordering::Relaxed)
     }
@@ -121,7 +167,9 @@ impl ProxyState {
     fn token(&self, req: &HttpRequest) -> Option<String> {
         if let Some(value) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
             let text = value.to_str().ok()?;
-            let token = text.strip_prefix("Bearer ").or_else(|| text.strip_prefix("bearer "))?;
+            let token = text
+                .strip_prefix("Bearer ")
+                .or_else(|| text.strip_prefix("bearer "))?;
             return Some(token.trim().to_string());
         }
         req.cookie(&self.cookie_name).map(|c| c.value().to_string())
@@ -163,6 +211,12 @@ impl ProxyState {
     }
 }
 
+/// The TCP peer's address. Forwarding headers are never consulted: a
+/// client could write anything there.
+fn peer_ip(req: &HttpRequest) -> Option<std::net::IpAddr> {
+    req.peer_addr().map(|a| a.ip())
+}
+
 fn session_error(e: SessionError) -> ApiError {
     match e {
         SessionError::Rng(_) => ApiError::Internal(e.to_string()),
@@ -172,7 +226,11 @@ fn session_error(e: SessionError) -> ApiError {
 
 async fn health(state: State) -> Result<HttpResponse, ApiError> {
     let card = state.card.send(GetHealth).await.map_err(mailbox)?;
-    let sessions = state.sessions.send(sessions::Count).await.map_err(mailbox)?;
+    let sessions = state
+        .sessions
+        .send(sessions::Count)
+        .await
+        .map_err(mailbox)?;
     Ok(HttpResponse::Ok().json(json!({
         "ok": true,
         "role": "proxy",
@@ -189,16 +247,19 @@ struct RegisterBody {
     display_name: Option<String>,
 }
 
-async fn enroll_register(state: State, body: web::Json<RegisterBody>) -> Result<HttpResponse, ApiError> {
+async fn enroll_register(
+    state: State,
+    req: HttpRequest,
+    body: web::Json<RegisterBody>,
+) -> Result<HttpResponse, ApiError> {
     let username = Username::parse(&body.username)?;
     let display_name = parse_display_name(body.display_name.as_deref().unwrap_or(""))?;
     let cancel = Arc::new(AtomicBool::new(false));
     let _guard = CancelOnDrop(cancel.clone());
 
-    let user = state
-        .ceremony(state.next_operation_id(), cancel)
-        .enroll(username, display_name)
-        .await?;
+    let ceremony = state.ceremony(state.next_operation_id(), cancel);
+    let enroll = ceremony.enroll(username.clone(), display_name);
+    let user = state.limited(peer_ip(&req), &username, enroll).await?;
     Ok(HttpResponse::Ok().json(json!({ "ok": true, "user": user_json(&user) })))
 }
 
@@ -208,7 +269,10 @@ struct StatusQuery {
     username: String,
 }
 
-async fn enroll_status(state: State, query: web::Query<StatusQuery>) -> Result<HttpResponse, ApiError> {
+async fn enroll_status(
+    state: State,
+    query: web::Query<StatusQuery>,
+) -> Result<HttpResponse, ApiError> {
     let username = Username::parse(&query.username)?;
     let found = state
         .enrollments
@@ -252,7 +316,11 @@ fn own_user(session: &SessionInfo, named: Option<&str>) -> Result<Username, ApiE
     Ok(own)
 }
 
-async fn enroll_update(state: State, req: HttpRequest, body: web::Json<UpdateBody>) -> Result<HttpResponse, ApiError> {
+async fn enroll_update(
+    state: State,
+    req: HttpRequest,
+    body: web::Json<UpdateBody>,
+) -> Result<HttpResponse, ApiError> {
     let (_, session) = state.session(&req).await?;
     let username = own_user(&session, body.username.as_deref())?;
     let display_name = parse_display_name(&body.display_name)?;
@@ -275,7 +343,11 @@ struct DeleteBody {
     username: Option<String>,
 }
 
-async fn enroll_delete(state: State, req: HttpRequest, body: Option<web::Json<DeleteBody>>) -> Result<HttpResponse, ApiError> {
+async fn enroll_delete(
+    state: State,
+    req: HttpRequest,
+    body: Option<web::Json<DeleteBody>>,
+) -> Result<HttpResponse, ApiError> {
     let (_, session) = state.session(&req).await?;
     let body = body.map(|b| b.into_inner()).unwrap_or_default();
     let username = own_user(&session, body.username.as_deref())?;
@@ -301,7 +373,12 @@ async fn enroll_delete(state: State, req: HttpRequest, body: Option<web::Json<De
 
 async fn enroll_list(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     state.session(&req).await?;
-    let users = state.enrollments.send(List).await.map_err(mailbox)?.map_err(store_error)?;
+    let users = state
+        .enrollments
+        .send(List)
+        .await
+        .map_err(mailbox)?
+        .map_err(store_error)?;
     let users: Vec<_> = users.iter().map(user_json).collect();
     Ok(HttpResponse::Ok().json(json!({ "ok": true, "users": users })))
 }
@@ -320,14 +397,18 @@ struct LoginReply<'a> {
     expires_at: String,
 }
 
-async fn session_login(state: State, body: web::Json<LoginBody>) -> Result<HttpResponse, ApiError> {
+async fn session_login(
+    state: State,
+    req: HttpRequest,
+    body: web::Json<LoginBody>,
+) -> Result<HttpResponse, ApiError> {
     let username = Username::parse(&body.username)?;
     let cancel = Arc::new(AtomicBool::new(false));
     let _guard = CancelOnDrop(cancel.clone());
 
+    let ceremony = state.ceremony(state.next_operation_id(), cancel);
     state
-        .ceremony(state.next_operation_id(), cancel)
-        .login(&username)
+        .limited(peer_ip(&req), &username, ceremony.login(&username))
         .await?;
     let issued = state.issue_session(username).await?;
     Ok(HttpResponse::Ok()
@@ -387,7 +468,12 @@ async fn resource_counter(state: State, req: HttpRequest) -> Result<HttpResponse
 // once with an operation id, and the ceremony runs on in the background.
 
 /// Registers an operation and runs `ceremony` for it in the background.
-async fn begin_operation<F, Fut>(state: State, kind: OperationKind, username: &Username, ceremony: F) -> Result<HttpResponse, ApiError>
+async fn begin_operation<F, Fut>(
+    state: State,
+    kind: OperationKind,
+    username: &Username,
+    ceremony: F,
+) -> Result<HttpResponse, ApiError>
 where
     F: FnOnce(State, u64, Arc<AtomicBool>) -> Fut,
     Fut: std::future::Future<Output = Result<Outcome, ApiError>> + 'static,
@@ -411,31 +497,58 @@ where
         let outcome = work.await;
         operations.do_send(operations::Finish { card_id, outcome });
     });
-    Ok(HttpResponse::Accepted().json(json!({ "ok": true, "operation": id, "kind": kind, "state": "queued" })))
+    Ok(HttpResponse::Accepted()
+        .json(json!({ "ok": true, "operation": id, "kind": kind, "state": "queued" })))
 }
 
-async fn op_enroll(state: State, body: web::Json<RegisterBody>) -> Result<HttpResponse, ApiError> {
+async fn op_enroll(
+    state: State,
+    req: HttpRequest,
+    body: web::Json<RegisterBody>,
+) -> Result<HttpResponse, ApiError> {
     let username = Username::parse(&body.username)?;
     let display_name = parse_display_name(body.display_name.as_deref().unwrap_or(""))?;
+    state.admit(peer_ip(&req), &username).await?;
     let name = username.clone();
-    begin_operation(state, OperationKind::Enroll, &name, move |state, card_id, cancel| async move {
-        let user = state.ceremony(card_id, cancel).enroll(username, display_name).await?;
-        Ok(Outcome::Enrolled(json!({ "user": user_json(&user) })))
-    })
+    begin_operation(
+        state,
+        OperationKind::Enroll,
+        &name,
+        move |state, card_id, cancel| async move {
+            let result = state
+                .ceremony(card_id, cancel)
+                .enroll(username.clone(), display_name)
+                .await;
+            state.report(&username, &result);
+            Ok(Outcome::Enrolled(json!({ "user": user_json(&result?) })))
+        },
+    )
     .await
 }
 
-async fn op_login(state: State, body: web::Json<LoginBody>) -> Result<HttpResponse, ApiError> {
+async fn op_login(
+    state: State,
+    req: HttpRequest,
+    body: web::Json<LoginBody>,
+) -> Result<HttpResponse, ApiError> {
     let username = Username::parse(&body.username)?;
+    state.admit(peer_ip(&req), &username).await?;
     let name = username.clone();
-    begin_operation(state, OperationKind::Login, &name, move |state, card_id, cancel| async move {
-        state.ceremony(card_id, cancel).login(&username).await?;
-        let issued = state.issue_session(username).await?;
-        Ok(Outcome::LoggedIn {
-            summary: session_json(&issued.info),
-            token: Some(issued.token),
-        })
-    })
+    begin_operation(
+        state,
+        OperationKind::Login,
+        &name,
+        move |state, card_id, cancel| async move {
+            let result = state.ceremony(card_id, cancel).login(&username).await;
+            state.report(&username, &result);
+            result?;
+            let issued = state.issue_session(username).await?;
+            Ok(Outcome::LoggedIn {
+                summary: session_json(&issued.info),
+                token: Some(issued.token),
+            })
+        },
+    )
     .await
 }
 
@@ -447,7 +560,11 @@ async fn op_poll(state: State, id: web::Path<String>) -> Result<HttpResponse, Ap
         })
         .await
         .map_err(mailbox)?
-        .ok_or_else(|| ApiError::NotFound("the operation is unknown or expired; start the enrollment or login again".into()))?;
+        .ok_or_else(|| {
+            ApiError::NotFound(
+                "the operation is unknown or expired; start the enrollment or login again".into(),
+            )
+        })?;
     let mut response = HttpResponse::Ok();
     if let Some(token) = &view.session_token {
         response.cookie(state.session_cookie(token));

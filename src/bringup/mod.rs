@@ -1,0 +1,5 @@
+//! Bring-up tools for a card: offline decoding of captured bytes and, with
+//! a card attached, the `card` commands.
+
+pub mod decode;
+pub mod describe;
