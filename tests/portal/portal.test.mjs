@@ -270,6 +270,10 @@ class Chain {
         '[webauthn]',
         'rp_id = "localhost"',
         `origin = "https://localhost:${port}"`,
+        // Chromium keeps idle connections open, and a proxy that waits the
+        // default 10 s for them would slow every switch between proxies.
+        '[http]',
+        'shutdown_timeout_s = 1',
         '',
       ].join('\n'),
     );
@@ -332,6 +336,13 @@ async function screenshot(page, name) {
   const file = path.join(SCREENSHOTS, `${String(shotNumber).padStart(2, '0')}-${name}.png`);
   await page.screenshot({ path: file, fullPage: true });
   return file;
+}
+
+/** Opens the portal with no session cookie, so a failed step leaves no session behind. */
+async function openFreshPage(context, page, base) {
+  await context.clearCookies();
+  await page.goto(base);
+  await waitForStatus(page, /^Ready\. Enroll, or log in if you are already enrolled\.$/);
 }
 
 async function enroll(page, username, displayName = '') {
@@ -436,8 +447,7 @@ describe('cardgate portal in Chromium', { concurrency: 1 }, () => {
   });
 
   step('page has labels, live region and focus ring', async () => {
-    await page.goto(base);
-    await waitForStatus(page, /Ready\. Enroll, or log in/);
+    await openFreshPage(context, page, base);
     await waitForText(page.locator('#card-health'), /^ChromeCard: (connected|not connected)/);
 
     const unlabelled = await page
@@ -467,8 +477,7 @@ describe('cardgate portal in Chromium', { concurrency: 1 }, () => {
 
   step('page fits a narrow window', async () => {
     await page.setViewportSize({ width: 360, height: 740 });
-    await page.goto(base);
-    await waitForStatus(page, /Ready/);
+    await openFreshPage(context, page, base);
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
     assert.ok(overflow <= 0, `the page scrolls sideways by ${overflow} px at 360 px`);
     await screenshot(page, 'narrow-360px');
@@ -476,8 +485,7 @@ describe('cardgate portal in Chromium', { concurrency: 1 }, () => {
   });
 
   step('full flow: enroll, login, counter twice, logout', async () => {
-    await page.goto(base);
-    await waitForStatus(page, /Ready/);
+    await openFreshPage(context, page, base);
 
     // Enroll.
     await page.locator('#enroll-username').fill('alice');
@@ -537,18 +545,33 @@ describe('cardgate portal in Chromium', { concurrency: 1 }, () => {
   });
 
   step('counter fetch after logout gets 401', async () => {
-    const reply = await page.evaluate(async () => {
-      const response = await fetch('/resource/counter', { method: 'POST' });
-      return { status: response.status, body: await response.json() };
-    });
+    await openFreshPage(context, page, base);
+    await enroll(page, 'bob');
+    await waitForStatus(page, /bob is enrolled on the ChromeCard\./);
+    await startLogin(page, 'bob');
+    await waitForStatus(page, /Logged in as bob\./);
+
+    const callCounter = () =>
+      page.evaluate(async () => {
+        const response = await fetch('/resource/counter', { method: 'POST' });
+        return { status: response.status, body: await response.json() };
+      });
+
+    // The same request succeeds with the session, so the 401 below comes
+    // from the logout and not from the request's form.
+    const before = await callCounter();
+    assert.equal(before.status, 200, `counter before logout: ${JSON.stringify(before.body)}`);
+
+    await page.getByRole('button', { name: 'Log out' }).click();
+    await waitForStatus(page, /bob logged out\./);
+    const reply = await callCounter();
     assert.equal(reply.status, 401);
     assert.equal(reply.body.ok, false);
     assert.equal(reply.body.error, 'unauthorized');
   });
 
   step('enroll conflict reads as a sentence', async () => {
-    await page.goto(base);
-    await waitForStatus(page, /Ready/);
+    await openFreshPage(context, page, base);
     await enroll(page, 'alice');
     const text = await waitForStatus(page, /Enrollment of alice failed\./);
     assert.match(text, /already enrolled/i, 'the details say why');
@@ -556,14 +579,14 @@ describe('cardgate portal in Chromium', { concurrency: 1 }, () => {
   });
 
   step('login of unknown user reads as a sentence', async () => {
+    await openFreshPage(context, page, base);
     await startLogin(page, 'nobody');
     const text = await waitForStatus(page, /Login of nobody failed\./);
     assert.match(text, /not enrolled/i, 'the details say why');
   });
 
   step('display name update and confirmed delete', async () => {
-    await page.goto(base);
-    await waitForStatus(page, /Ready/);
+    await openFreshPage(context, page, base);
     await enroll(page, 'dave', 'Dave');
     await waitForStatus(page, /dave is enrolled on the ChromeCard\./);
     await startLogin(page, 'dave');
@@ -601,6 +624,7 @@ describe('cardgate portal in Chromium', { concurrency: 1 }, () => {
   });
 
   step('enrollment lookup without a session', async () => {
+    await openFreshPage(context, page, base);
     await enroll(page, 'carol', 'Carol');
     await waitForStatus(page, /carol is enrolled on the ChromeCard\./);
     await page.getByLabel('Username to look up').fill('carol');
@@ -612,8 +636,7 @@ describe('cardgate portal in Chromium', { concurrency: 1 }, () => {
 
   step('card denial shows its message', async () => {
     base = await chain.startProxy('deny', { presence: 'deny' });
-    await page.goto(base);
-    await waitForStatus(page, /Ready/);
+    await openFreshPage(context, page, base);
 
     await startLogin(page, 'carol');
     await waitForStatus(page, /^Login declined on the ChromeCard: the person at the card did not confirm, so you are not logged in\.$/);
@@ -626,8 +649,7 @@ describe('cardgate portal in Chromium', { concurrency: 1 }, () => {
 
   step('cancel while awaiting presence', async () => {
     base = await chain.startProxy('never', { presence: 'never', confirmTimeoutS: NEVER_CONFIRM_TIMEOUT_S });
-    await page.goto(base);
-    await waitForStatus(page, /Ready/);
+    await openFreshPage(context, page, base);
 
     await startLogin(page, 'carol');
     await page.locator('#card-prompt').waitFor({ state: 'visible' });
@@ -646,8 +668,7 @@ describe('cardgate portal in Chromium', { concurrency: 1 }, () => {
   });
 
   step('card timeout shows its message', async () => {
-    await page.goto(base);
-    await waitForStatus(page, /Ready/);
+    await openFreshPage(context, page, base);
     await startLogin(page, 'carol');
     await waitForText(page.locator('#card-state'), /^waiting for confirmation on the card$/);
     await waitForStatus(
@@ -666,8 +687,7 @@ describe('cardgate portal in Chromium', { concurrency: 1 }, () => {
       device: `udp:127.0.0.1:${cardPort}@127.0.0.1:${hostPort}`,
       store: 'proxy-store-no-card',
     });
-    await page.goto(base);
-    await waitForStatus(page, /Ready/);
+    await openFreshPage(context, page, base);
     await enroll(page, 'frank');
     await waitForStatus(page, /^The ChromeCard is not connected, so frank is not enrolled\. Connect the card and try again\./, 30_000);
     await waitForText(page.locator('#card-health'), /ChromeCard: not connected/);
