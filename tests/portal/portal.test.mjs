@@ -367,6 +367,7 @@ async function counterValues(page) {
 describe('cardgate portal in Chromium', { concurrency: 1 }, () => {
   const chain = new Chain();
   let context;
+  let profileDir;
   let page;
   let base;
   const requestedHosts = new Set();
@@ -401,7 +402,8 @@ describe('cardgate portal in Chromium', { concurrency: 1 }, () => {
     await chain.startServer();
     base = await chain.startProxy('approve', { presence: 'approve' });
 
-    context = await chromium.launchPersistentContext(mkdtempSync(path.join(os.tmpdir(), 'cardgate-chromium-')), {
+    profileDir = mkdtempSync(path.join(os.tmpdir(), 'cardgate-chromium-'));
+    context = await chromium.launchPersistentContext(profileDir, {
       executablePath: CHROMIUM,
       headless: true,
       args: CHROMIUM_ARGS,
@@ -423,6 +425,9 @@ describe('cardgate portal in Chromium', { concurrency: 1 }, () => {
   after(async () => {
     if (context) {
       await context.close().catch(() => {});
+    }
+    if (profileDir) {
+      rmSync(profileDir, { recursive: true, force: true });
     }
     await chain.stop();
     if (failed || process.env.PORTAL_KEEP_TEMP === '1') {
