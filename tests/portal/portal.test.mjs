@@ -86,7 +86,7 @@ function startProcess(name, args, logPath) {
   return record;
 }
 
-/** Sends SIGTERM and waits for the exit; SIGKILL after STOP_TIMEOUT_MS. */
+/** Sends SIGTERM and waits for the exit, with SIGKILL after STOP_TIMEOUT_MS. */
 async function stopProcess(record) {
   if (!record || record.exited) {
     started.delete(record?.child.pid);
@@ -296,7 +296,7 @@ class Chain {
 // ---------------------------------------------------------------------------
 // Browser helpers
 
-/** Waits until the locator's text matches `pattern`; returns the text. */
+/** Waits until the locator's text matches `pattern` and returns the text. */
 async function waitForText(locator, pattern, timeout = TEXT_TIMEOUT_MS) {
   const deadline = Date.now() + timeout;
   let last = '';
@@ -414,8 +414,8 @@ describe('cardgate portal in Chromium', { concurrency: 1 }, () => {
     page = context.pages()[0] || (await context.newPage());
     page.on('pageerror', (error) => pageProblems.push(`uncaught: ${error.message}`));
     page.on('console', (message) => {
-      // Chromium logs every non-2xx response as a console error; the
-      // tests provoke 401 and 409 on purpose, so only other errors count.
+      // Chromium logs every non-2xx response as a console error. The
+      // tests provoke 401, 404 and 409 on purpose, so only other errors count.
       if (message.type() === 'error' && !message.text().startsWith('Failed to load resource')) {
         pageProblems.push(`console: ${message.text()}`);
       }
