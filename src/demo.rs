@@ -16,7 +16,7 @@ use crate::certs::{self, InitOptions};
 use crate::client::api::{ClientError, ProxyClient};
 use crate::config::{load_proxy, load_server};
 
-/// Why the demo could not run.
+/// The reason the demo could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error("cannot write {path}: {source}")]
@@ -173,7 +173,7 @@ async fn walkthrough(base: &str, ca: &Path) -> Result<(), ClientError> {
             Ok(())
         }
         Ok(reply) => Err(ClientError::Setup(format!(
-            "the counter answered {} after logout; the session was not ended",
+            "the counter returned {} after logout; the session was not ended",
             reply.value
         ))),
         Err(e) => Err(e),

@@ -35,8 +35,14 @@ const RECONNECT_FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// cancellations while they wait for the card.
 const QUEUE_SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How often an idle card is sent a CTAPHID PING. A UDP or relayed card
+/// gives no sign when it goes away, and a hidraw node only fails when it is
+/// used, so without this `/health` would report a lost card as connected
+/// until the next login.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Capacity of the event channel. A subscriber that falls this far behind
-/// misses events (it is told how many) instead of slowing the card.
+/// misses events (its next receive reports how many) instead of slowing the card.
 pub const EVENT_CAPACITY: usize = 256;
 
 /// Limits and deadlines of card operations.
@@ -49,7 +55,7 @@ pub struct CardSettings {
     pub queue_limit: usize,
     /// How long a login may wait for a card that is reconnecting.
     pub login_grace: Duration,
-    /// Longest wait between two attempts to find the card.
+    /// Maximum wait between two attempts to find the card.
     pub reconnect_max_backoff: Duration,
     /// CTAPHID read slices, idle deadline and retry limits.
     pub timing: Timing,
@@ -84,7 +90,7 @@ pub enum CardEventKind {
     Lost { reason: String },
 }
 
-/// What `/health` shows about the card.
+/// The card's state as `/health` reports it.
 #[derive(Debug, Clone, Serialize)]
 pub struct CardHealth {
     /// `connected`, `busy` or `disconnected`.
@@ -110,7 +116,7 @@ pub enum CardReply {
     GetAssertion(GetAssertionResponse),
 }
 
-/// Why a card operation failed.
+/// The reason a card operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CardError {
     #[error("card not connected ({0}); plug it in or check `cardgate card doctor`")]
@@ -187,7 +193,7 @@ struct Job {
     reply: oneshot::Sender<Result<CardReply, CardError>>,
 }
 
-/// Where the link to the card stands.
+/// State of the link to the card.
 enum Link {
     /// No card yet: discovery runs with backoff.
     AwaitingCard,
@@ -401,6 +407,36 @@ impl CardActor {
         }));
     }
 
+    /// Pings the card when it is idle; a failed ping counts as a lost card.
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if !self.queue.is_empty() || !matches!(self.link, Link::Ready(_)) {
+            return;
+        }
+        let Link::Ready(mut device) =
+            std::mem::replace(&mut self.link, Link::Running { owner: None })
+        else {
+            return;
+        };
+        let task = actix_rt::task::spawn_blocking(move || {
+            let result = device.ping(b"cardgate heartbeat");
+            (device, result)
+        });
+        ctx.spawn(
+            task.into_actor(self)
+                .map(|joined, actor, ctx| match joined {
+                    Ok((device, Ok(_))) => {
+                        actor.link = Link::Ready(device);
+                        actor.next(ctx);
+                    }
+                    Ok((_, Err(e))) => actor.lose_card(
+                        format!("the card did not answer a heartbeat PING: {e}"),
+                        ctx,
+                    ),
+                    Err(e) => actor.lose_card(format!("heartbeat task failed: {e}"), ctx),
+                }),
+        );
+    }
+
     /// Records the failure and stops; the supervisor restarts the actor.
     fn lose_card(&mut self, reason: String, ctx: &mut Context<Self>) {
         tracing::warn!(device = %self.connector.describe(), error = %reason, "card lost");
@@ -513,6 +549,7 @@ impl Actor for CardActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(QUEUE_SWEEP_INTERVAL, |actor, _| actor.sweep_queue());
+        ctx.run_interval(HEARTBEAT_INTERVAL, |actor, ctx| actor.heartbeat(ctx));
         self.discover(ctx);
     }
 }

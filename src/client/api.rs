@@ -19,7 +19,7 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// An API call that did not succeed, in words a person can act on.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
-    /// The proxy answered with an error body.
+    /// The proxy returned an error body.
     #[error("{details}")]
     Api {
         status: u16,

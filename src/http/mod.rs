@@ -63,7 +63,7 @@ pub fn query_config() -> web::QueryConfig {
     })
 }
 
-/// Answers requests for paths that do not exist.
+/// Rejects requests for paths that do not exist with a JSON 404.
 pub async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::NotFound(format!(
         "no endpoint {} {}; see the API list in the README",

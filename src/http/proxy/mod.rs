@@ -43,7 +43,7 @@ pub struct RunningProxy {
 }
 
 /// Response headers on every reply: no sniffing, no framing, no referrer,
-/// no caching of API answers.
+/// no caching of API responses.
 fn security_headers() -> DefaultHeaders {
     DefaultHeaders::new()
         .add(("X-Content-Type-Options", "nosniff"))

@@ -22,7 +22,7 @@ use crate::domain::{parse_display_name, Username};
 use crate::error::ApiError;
 use crate::http::RequestId;
 
-/// Everything the handlers share. Actors own the state; this holds their
+/// Everything the handlers share. Actors own the state; this contains their
 /// addresses and the settings read from config.
 pub struct ProxyState {
     pub sessions: Addr<SessionsActor>,
@@ -58,7 +58,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 fn mailbox(e: actix::MailboxError) -> ApiError {
-    ApiError::Unavailable(format!("an internal actor did not answer: {e}"))
+    ApiError::Unavailable(format!("an internal actor did not respond: {e}"))
 }
 
 /// RFC 3339 UTC time, as used in every JSON reply.
