@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use crate::error::ApiError;
 
+pub mod portal;
 pub mod proxy;
 pub mod server;
 

@@ -223,6 +223,7 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
             .wrap(security_headers())
             .wrap(from_fn(crate::http::request_span))
             .configure(routes::configure)
+            .configure(crate::http::portal::configure)
             .default_service(web::to(crate::http::not_found))
     })
     .keep_alive(Duration::from_secs(config.http.keep_alive_s))
