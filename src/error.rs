@@ -29,7 +29,7 @@ pub enum ApiError {
     TooManyRequests(String),
 
     // The card or the person at it.
-    #[error("card not connected: {0}")]
+    #[error("{0}")]
     CardNotConnected(String),
     #[error("{0}")]
     CardBusy(String),

@@ -127,7 +127,7 @@ pub enum CardError {
     AlreadyWaiting(String),
     #[error("the person at the card declined")]
     Denied,
-    #[error("nobody confirmed on the card within {0:?}")]
+    #[error("nobody confirmed on the card within {} s; try again and confirm on the card", .0.as_secs_f64())]
     Timeout(Duration),
     #[error("the card operation was cancelled")]
     Cancelled,
@@ -506,7 +506,7 @@ fn run_operation(
     let response = device
         .cbor(&request, &mut on_keepalive, cancel, deadline)
         .map_err(|e| device_error(e, confirm_timeout))?;
-    let body = split_status(&response).map_err(|e| RunError::Card(status_error(e)))?;
+    let body = split_status(&response).map_err(|e| RunError::Card(status_error(e, confirm_timeout)))?;
     let reply = match operation {
         CardOperation::MakeCredential(_) => {
             MakeCredentialResponse::parse(body).map(CardReply::MakeCredential)
@@ -529,10 +529,10 @@ fn device_error(e: DeviceError, confirm_timeout: Duration) -> RunError {
     })
 }
 
-fn status_error(e: CtapError) -> CardError {
+fn status_error(e: CtapError, confirm_timeout: Duration) -> CardError {
     match e {
         CtapError::Status(CtapStatus::OperationDenied) => CardError::Denied,
-        CtapError::Status(CtapStatus::UserActionTimeout) => CardError::Timeout(Duration::ZERO),
+        CtapError::Status(CtapStatus::UserActionTimeout) => CardError::Timeout(confirm_timeout),
         CtapError::Status(CtapStatus::KeepaliveCancel) => CardError::Cancelled,
         CtapError::Status(CtapStatus::NoCredentials) => CardError::NoCredentials,
         CtapError::Status(status) => CardError::Status(format!(
