@@ -43,6 +43,10 @@ client_ca = "certs/ca.crt"
 
 [store]
 path = "server-store"
+
+# Off, so that the demo does not collide with installed daemons.
+[metrics]
+listen = ""
 "#
     .to_string()
 }
@@ -73,6 +77,10 @@ path = "proxy-store"
 [webauthn]
 rp_id = "localhost"
 origin = "https://localhost:{port}"
+
+# Off, so that the demo does not collide with installed daemons.
+[metrics]
+listen = ""
 "#
     )
 }
@@ -117,14 +125,18 @@ pub fn run(dir: &Path, port: u16) -> Result<(), DemoError> {
         let proxy = crate::http::proxy::start(proxy_config)
             .await
             .map_err(|e| DemoError::Setup(format!("k_proxy did not start: {e}")))?;
-        let proxy_handle = proxy.server.handle();
-        actix_rt::spawn(proxy.server);
-
         print_banner(&dir, proxy.addr.port(), &upstream);
 
-        let _ = tokio::signal::ctrl_c().await;
-        println!("\nstopping: finishing requests in flight");
-        proxy_handle.stop(true).await;
+        let stopped = proxy
+            .run_until(async {
+                let _ = tokio::signal::ctrl_c().await;
+                println!("\nstopping: finishing requests in flight");
+                "Ctrl-C"
+            })
+            .await;
+        if let Err(e) = stopped {
+            eprintln!("k_proxy did not stop cleanly: {e}");
+        }
         server
             .stop(true)
             .await

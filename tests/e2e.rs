@@ -115,6 +115,8 @@ key = "certs/server.key"
 client_ca = "certs/ca.crt"
 [store]
 path = "server-store"
+[metrics]
+listen = ""
 "#,
                 self.server_port
             ),
@@ -142,6 +144,8 @@ path = "proxy-store"
 [webauthn]
 rp_id = "localhost"
 origin = "https://localhost:{proxy}"
+[metrics]
+listen = ""
 "#,
                 proxy = self.proxy_port,
                 server = self.server_port,

@@ -133,6 +133,8 @@ pub enum CardError {
     Protocol(String),
     #[error("the card was lost during the operation: {0}")]
     Lost(String),
+    #[error("the proxy is shutting down; retry once it is back")]
+    ShuttingDown,
 }
 
 impl From<CardError> for ApiError {
@@ -147,6 +149,7 @@ impl From<CardError> for ApiError {
             CardError::Cancelled => ApiError::CardCancelled(text),
             CardError::NoCredentials => ApiError::Forbidden(text),
             CardError::Status(_) | CardError::Protocol(_) => ApiError::CardFailed(text),
+            CardError::ShuttingDown => ApiError::Unavailable(text),
         }
     }
 }
@@ -176,6 +179,13 @@ pub struct Run {
 #[rtype(result = "CardHealth")]
 pub struct GetHealth;
 
+/// Cancels the operation on the card (the card gets CTAPHID CANCEL) and
+/// every queued one, and rejects new operations, for a graceful stop.
+/// Returns how many operations were cancelled.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Shutdown;
+
 struct Job {
     id: u64,
     operation: CardOperation,
@@ -194,7 +204,10 @@ enum Link {
     /// The card is initialised and idle.
     Ready(Box<CtapHidDevice>),
     /// The device is lent to the blocking task running this operation.
-    Running { owner: Option<String> },
+    Running {
+        owner: Option<String>,
+        cancel: Arc<AtomicBool>,
+    },
 }
 
 pub struct CardActor {
@@ -208,6 +221,8 @@ pub struct CardActor {
     last_error: Option<String>,
     backoff: Duration,
     ever_connected: bool,
+    /// Set by [`Shutdown`]: no new operation is accepted.
+    shutting_down: bool,
 }
 
 impl CardActor {
@@ -227,6 +242,7 @@ impl CardActor {
             last_error: None,
             backoff: RECONNECT_FIRST_BACKOFF,
             ever_connected: false,
+            shutting_down: false,
         }
     }
 
@@ -335,6 +351,7 @@ impl CardActor {
             &mut self.link,
             Link::Running {
                 owner: job.owner.clone(),
+                cancel: job.cancel.clone(),
             },
         ) else {
             return;
@@ -388,6 +405,10 @@ impl CardActor {
                     actor.lose_card(reason, ctx);
                 }
                 Err(RunError::Card(error)) => {
+                    let error = match error {
+                        CardError::Cancelled if actor.shutting_down => CardError::ShuttingDown,
+                        other => other,
+                    };
                     let _ = reply.send(Err(error));
                     actor.link = Link::Ready(device);
                     actor.next(ctx);
@@ -534,6 +555,9 @@ impl Handler<Run> for CardActor {
     fn handle(&mut self, msg: Run, ctx: &mut Self::Context) -> Self::Result {
         let fail = |e| -> Self::Result { Box::pin(async move { Err(e) }) };
 
+        if self.shutting_down {
+            return fail(CardError::ShuttingDown);
+        }
         if !self.is_connected() && !msg.wait_for_card {
             let reason = self
                 .last_error
@@ -581,6 +605,29 @@ impl Handler<Run> for CardActor {
                 .await
                 .unwrap_or_else(|_| Err(CardError::Lost("the card actor stopped".into())))
         })
+    }
+}
+
+impl Handler<Shutdown> for CardActor {
+    type Result = usize;
+
+    fn handle(&mut self, _: Shutdown, _: &mut Self::Context) -> usize {
+        self.shutting_down = true;
+        let mut cancelled = 0;
+        if let Link::Running { cancel, .. } = &self.link {
+            cancel.store(true, Ordering::Relaxed);
+            cancelled += 1;
+        }
+        for job in self.queue.drain(..) {
+            let _ = self.events.send(CardEvent {
+                operation: Some(job.id),
+                kind: CardEventKind::Done,
+            });
+            let _ = job.reply.send(Err(CardError::ShuttingDown));
+            cancelled += 1;
+        }
+        tracing::info!(cancelled, "card operations cancelled for shutdown");
+        cancelled
     }
 }
 

@@ -8,6 +8,7 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::Addr;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -15,7 +16,7 @@ use base64::Engine;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::actors::card::{CardActor, CardOperation, CardReply, Run};
+use crate::actors::card::{CardActor, CardError, CardOperation, CardReply, Run};
 use crate::actors::enrollments::{
     Credential, EnrollmentError, EnrollmentsActor, Lookup, RecordSignCount, Register, Release,
     Reserve, User,
@@ -27,6 +28,7 @@ use crate::ctap::make_credential::MakeCredentialRequest;
 use crate::ctap::verify::verify_assertion;
 use crate::domain::Username;
 use crate::error::ApiError;
+use crate::metrics::{CardOperationKind, ProxyMetrics};
 use crate::rng::os_random;
 
 /// The relying party as configured; never taken from request headers.
@@ -59,6 +61,7 @@ pub struct Ceremony<'a> {
     pub rp: &'a RelyingParty,
     pub card: &'a Addr<CardActor>,
     pub enrollments: &'a Addr<EnrollmentsActor>,
+    pub metrics: &'a ProxyMetrics,
     /// Id for the card events of this ceremony.
     pub operation_id: u64,
     pub cancel: Arc<AtomicBool>,
@@ -105,7 +108,37 @@ fn mailbox(e: actix::MailboxError) -> ApiError {
     ApiError::Unavailable(format!("an internal actor did not answer: {e}"))
 }
 
+/// The outcome label of a failed card operation in the metrics.
+fn card_outcome(error: &CardError) -> &'static str {
+    match error {
+        CardError::NotConnected(_) => "not_connected",
+        CardError::QueueFull { .. } => "queue_full",
+        CardError::AlreadyWaiting(_) => "already_waiting",
+        CardError::Denied => "denied",
+        CardError::Timeout(_) => "timeout",
+        CardError::Cancelled => "cancelled",
+        CardError::NoCredentials => "no_credentials",
+        CardError::Status(_) => "status",
+        CardError::Protocol(_) => "protocol",
+        CardError::Lost(_) => "lost",
+        CardError::ShuttingDown => "shutting_down",
+    }
+}
+
 impl Ceremony<'_> {
+    /// Runs one operation on the card and records its outcome and duration.
+    async fn run_on_card(&self, kind: CardOperationKind, run: Run) -> Result<CardReply, ApiError> {
+        let started = Instant::now();
+        let result = self.card.send(run).await;
+        let outcome = match &result {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(error)) => card_outcome(error),
+            Err(_) => "internal",
+        };
+        self.metrics.card.observe(kind, outcome, started.elapsed());
+        Ok(result.map_err(mailbox)??)
+    }
+
     /// Creates a credential on the card for a new user and stores it.
     pub async fn enroll(&self, username: Username, display_name: String) -> Result<User, ApiError> {
         // 1. Claim the name so that a second enrollment cannot reach the card.
@@ -150,16 +183,17 @@ impl Ceremony<'_> {
             uv: self.rp.user_verification,
         };
         let reply = self
-            .card
-            .send(Run {
-                id: self.operation_id,
-                operation: CardOperation::MakeCredential(request),
-                owner: Some(username.as_str().to_string()),
-                cancel: self.cancel.clone(),
-                wait_for_card: false,
-            })
-            .await
-            .map_err(mailbox)??;
+            .run_on_card(
+                CardOperationKind::MakeCredential,
+                Run {
+                    id: self.operation_id,
+                    operation: CardOperation::MakeCredential(request),
+                    owner: Some(username.as_str().to_string()),
+                    cancel: self.cancel.clone(),
+                    wait_for_card: false,
+                },
+            )
+            .await?;
         let CardReply::MakeCredential(response) = reply else {
             return Err(ApiError::Internal(
                 "the card actor answered makeCredential with another reply".into(),
@@ -254,16 +288,17 @@ impl Ceremony<'_> {
             uv: self.rp.user_verification,
         };
         let reply = self
-            .card
-            .send(Run {
-                id: self.operation_id,
-                operation: CardOperation::GetAssertion(request),
-                owner: Some(username.as_str().to_string()),
-                cancel: self.cancel.clone(),
-                wait_for_card: true,
-            })
-            .await
-            .map_err(mailbox)??;
+            .run_on_card(
+                CardOperationKind::GetAssertion,
+                Run {
+                    id: self.operation_id,
+                    operation: CardOperation::GetAssertion(request),
+                    owner: Some(username.as_str().to_string()),
+                    cancel: self.cancel.clone(),
+                    wait_for_card: true,
+                },
+            )
+            .await?;
         let CardReply::GetAssertion(response) = reply else {
             return Err(ApiError::Internal(
                 "the card actor answered getAssertion with another reply".into(),
