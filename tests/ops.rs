@@ -460,3 +460,67 @@ fn check_config_names_key_of_bad_file() {
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(stderr.contains("config key `tls.client_ca`"), "{stderr}");
 }
+
+#[test]
+fn client_login_shows_progress_and_keeps_token_private() {
+    let chain = Chain::new();
+    chain.write_configs(&ChainOptions {
+        presence: "delay:300".into(),
+        ..ChainOptions::default()
+    });
+    let _server = chain.server();
+    let _proxy = chain.proxy();
+    chain.client().wait_ready();
+
+    let home = chain.path("client-home");
+    let proxy_url = format!("https://localhost:{}", chain.proxy_port);
+    let ca = chain.path("certs/ca.crt");
+    let client = |args: &[&str]| {
+        let output = std::process::Command::new(common::process::BIN)
+            .arg("client")
+            .args(["--proxy", &proxy_url, "--ca"])
+            .arg(&ca)
+            .args(args)
+            .env("XDG_CONFIG_HOME", &home)
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run cardgate client");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+
+    let (ok, stdout, stderr) = client(&["enroll", "erin", "--display-name", "Erin"]);
+    assert!(ok, "enroll: {stdout}{stderr}");
+    assert!(stderr.contains("confirm on the ChromeCard"), "{stderr}");
+
+    let (ok, stdout, stderr) = client(&["login", "erin"]);
+    assert!(ok, "login: {stdout}{stderr}");
+    assert!(stderr.contains("confirm on the ChromeCard"), "{stderr}");
+    assert!(stdout.contains("logged in as erin"), "{stdout}");
+
+    let session = home.join("cardgate/session.json");
+    let mode = std::fs::metadata(&session)
+        .expect("session file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "session file mode {mode:o}");
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(&session).expect("read")).expect("json");
+    let token = saved["token"].as_str().expect("token saved").to_owned();
+    assert!(!stdout.contains(&token) && !stderr.contains(&token));
+
+    let (ok, stdout, _) = client(&["--json", "counter"]);
+    assert!(ok, "{stdout}");
+    let reply: Value = serde_json::from_str(stdout.trim()).expect("json output");
+    assert_eq!(reply["result"]["value"], 1, "{stdout}");
+
+    let (ok, _, _) = client(&["logout"]);
+    assert!(ok);
+    let (ok, _, stderr) = client(&["counter"]);
+    assert!(!ok);
+    assert!(stderr.contains("not logged in"), "{stderr}");
+}
