@@ -1394,6 +1394,67 @@ origin = "https://localhost:8443"
     }
 
     #[test]
+    fn metrics_listen_defaults_per_role_and_empty_turns_off() {
+        let (_dir, path) = write_config(PROXY_TOML);
+        let proxy = load_proxy_with_env(&path, HashMap::new()).expect("load");
+        assert_eq!(proxy.metrics.listen, Some(Metrics::PROXY_DEFAULT));
+        let (_dir, path) = write_config(SERVER_TOML);
+        let server = load_server_with_env(&path, HashMap::new()).expect("load");
+        assert_eq!(server.metrics.listen, Some(Metrics::SERVER_DEFAULT));
+
+        let (_dir, path) = write_config(&format!("{PROXY_TOML}\n[metrics]\nlisten = \"\"\n"));
+        let off = load_proxy_with_env(&path, HashMap::new()).expect("load");
+        assert_eq!(off.metrics.listen, None);
+        assert!(off
+            .describe()
+            .contains("[metrics]\n# the metrics listener is off"));
+
+        let (_dir, path) = write_config(PROXY_TOML);
+        let from_env =
+            load_proxy_with_env(&path, env(&[("CARDGATE_METRICS__LISTEN", "")])).expect("load");
+        assert_eq!(from_env.metrics.listen, None);
+    }
+
+    #[test]
+    fn metrics_listen_must_be_loopback() {
+        let error = proxy_error(&format!(
+            "{PROXY_TOML}\n[metrics]\nlisten = \"0.0.0.0:9464\"\n"
+        ));
+        assert_eq!(error.key, "metrics.listen");
+        assert!(error.message.contains("loopback"), "{error}");
+
+        let error = proxy_error(&format!("{PROXY_TOML}\n[metrics]\nlisten = \"nowhere\"\n"));
+        assert_eq!(error.key, "metrics.listen");
+    }
+
+    #[test]
+    fn metrics_on_api_port_names_both_keys() {
+        let error = proxy_error(&format!(
+            "{PROXY_TOML}\n[metrics]\nlisten = \"127.0.0.1:8443\"\n"
+        ));
+        assert_eq!(error.key, "metrics.listen");
+        assert!(error.message.contains("`listen`"), "{error}");
+    }
+
+    #[test]
+    fn upstream_pointing_at_proxy_is_rejected() {
+        let error = proxy_error(&PROXY_TOML.replace(
+            "url = \"https://127.0.0.1:9443\"",
+            "url = \"https://127.0.0.1:8443\"",
+        ));
+        assert_eq!(error.key, "upstream.url");
+        assert!(error.message.contains("`listen`"), "{error}");
+    }
+
+    #[test]
+    fn store_path_too_long_for_audit_socket() {
+        let long = "s".repeat(120);
+        let error = proxy_error(&PROXY_TOML.replace("data/proxy", &long));
+        assert_eq!(error.key, "store.path");
+        assert!(error.message.contains("audit socket"), "{error}");
+    }
+
+    #[test]
     fn shipped_config_files_load() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let server = load_server_with_env(&root.join("config/server.toml"), HashMap::new())

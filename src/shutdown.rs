@@ -1,7 +1,7 @@
 //! Stop signals for a graceful shutdown of either role.
 //!
-//! actix-server stops gracefully on SIGTERM but at once on SIGINT, so both
-//! roles turn its signal handling off and wait for [`Signals`] instead:
+//! actix-server 2.10 stops gracefully on SIGTERM but at once on SIGINT, so
+//! both roles turn its signal handling off and wait for [`Signals`] instead.
 //! SIGTERM (systemd's stop) and SIGINT (Ctrl-C) both start the same ordered
 //! stop, which each role's `run_until` carries out.
 

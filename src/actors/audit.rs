@@ -1,7 +1,7 @@
 //! The audit actor: the only writer of the proxy's audit trail.
 //!
 //! It owns the `audit` tree of the proxy's sled database through a clone of
-//! the `sled::Db` handle that the enrollments actor also holds (sled allows
+//! the `sled::Db` handle that the enrollments actor also uses (sled allows
 //! one process per database, so the two actors share it). Like the
 //! enrollments actor it runs on a thread of its own, because sled calls
 //! block.
@@ -40,7 +40,7 @@ pub struct Query(pub AuditQuery);
 #[rtype(result = "Result<(), AuditError>")]
 pub struct Flush;
 
-/// Reads from the store to show that it answers.
+/// Reads from the store to show that it works.
 #[derive(Message)]
 #[rtype(result = "Result<(), AuditError>")]
 pub struct CheckStore;
@@ -155,7 +155,7 @@ impl Audit {
             .map_err(|e| AuditError::Unavailable(format!("the audit actor did not answer: {e}")))?
     }
 
-    /// Returns `Err` with a sentence when the store does not answer a read.
+    /// Returns `Err` with a sentence when a read from the store fails.
     pub async fn check_store(&self) -> Result<(), String> {
         match self.addr.send(CheckStore).await {
             Ok(Ok(())) => Ok(()),

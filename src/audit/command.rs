@@ -34,7 +34,7 @@ pub struct AuditArgs {
     pub json: bool,
 }
 
-/// Where the records came from, reported on stderr.
+/// Origin of the records, reported on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     RunningProxy,
@@ -71,7 +71,7 @@ pub fn run(args: AuditArgs) -> ExitCode {
     }
 }
 
-/// Reads the records `args` ask for, and says where from.
+/// Reads the records that `args` request and returns them with their origin.
 pub fn fetch(args: &AuditArgs) -> Result<(Vec<AuditRecord>, Source), String> {
     let config = crate::config::load_proxy(&args.config).map_err(|e| e.to_string())?;
     let query = AuditQuery {

@@ -13,8 +13,8 @@
 //! sled lets one process open a database, and the proxy's store is that
 //! database. The audit actor (`actors::audit`) gets a clone of the
 //! `sled::Db` handle that the enrollments actor uses, owns the `audit` tree
-//! and is the only writer. `cardgate audit` asks a running proxy over the
-//! Unix socket in [`socket`]; when the proxy is stopped it opens the store
+//! and is the only writer. `cardgate audit` queries a running proxy over the
+//! Unix socket in [`socket`]. When the proxy is stopped, it opens the store
 //! itself with [`read_stopped_store`].
 
 use std::fmt;
@@ -26,18 +26,18 @@ use serde::{Deserialize, Serialize};
 pub mod command;
 pub mod socket;
 
-/// Name of the sled tree that holds the trail.
+/// Name of the sled tree that contains the trail.
 pub const TREE: &str = "audit";
 
-/// Most records kept. Past it the oldest are deleted, so that a flood of
-/// failed logins cannot fill the disk; at a few hundred bytes a record this
+/// Maximum records kept. Past it the oldest are deleted, so that a flood of
+/// failed logins cannot fill the disk. At a few hundred bytes a record, this
 /// is a few hundred megabytes.
 pub const MAX_RECORDS: usize = 1_000_000;
 
 /// Records a query returns when it sets no limit.
 pub const DEFAULT_LIMIT: usize = 1000;
 
-/// Most records one query may return.
+/// Maximum records one query may return.
 pub const MAX_LIMIT: usize = 100_000;
 
 /// What happened.
@@ -106,7 +106,7 @@ impl fmt::Display for AuditOutcome {
     }
 }
 
-/// One security event. It never holds a token, a key or a PIN.
+/// One security event. It never contains a token, a key or a PIN.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {
     pub action: AuditAction,

@@ -1,7 +1,7 @@
 //! Audit queries to a running proxy over a Unix socket in its store folder.
 //!
 //! sled lets one process open a database, so while the proxy runs,
-//! `cardgate audit` cannot open the store and asks the proxy instead. The
+//! `cardgate audit` cannot open the store and queries the proxy instead. The
 //! socket is `<store.path>/audit.sock` with mode 0600, and the proxy also
 //! checks each peer's user id (`SO_PEERCRED`): only the proxy's own user and
 //! root may ask.
@@ -27,17 +27,17 @@ use crate::error::StartError;
 /// File name of the socket inside the store folder.
 pub const SOCKET_NAME: &str = "audit.sock";
 
-/// Longest query line accepted, in bytes. A query is a few dozen bytes.
+/// Maximum query line accepted, in bytes. A query is a few dozen bytes.
 pub const MAX_QUERY_BYTES: u64 = 4096;
 
-/// Longest reply line the client reads, in bytes: [`super::MAX_LIMIT`]
+/// Maximum reply line the client reads, in bytes: [`super::MAX_LIMIT`]
 /// records of up to about 1 KiB each.
 pub const MAX_REPLY_BYTES: u64 = 128 * 1024 * 1024;
 
 /// Deadline for each read and write on the socket, on both sides.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Longest path a Unix socket address can hold on Linux (`sun_path` is 108
+/// Maximum path length of a Unix socket address on Linux (`sun_path` is 108
 /// bytes including the terminating NUL).
 pub const MAX_SOCKET_PATH_BYTES: usize = 107;
 

@@ -1,8 +1,8 @@
-//! Readiness of both roles: `GET /ready` answers 200 when every part the
+//! Readiness of both roles: `GET /ready` responds 200 when every part the
 //! role needs works, and 503 naming the parts that do not.
 //!
 //! `GET /health` (in each role's routes) only shows that the process
-//! answers; `/ready` is what a load balancer or an operator's check should
+//! responds. `/ready` is what a load balancer or an operator's check should
 //! use before sending traffic.
 //!
 //! | role | parts checked |
@@ -23,9 +23,9 @@ use crate::actors::counter::{CounterActor, Stats};
 use crate::actors::upstream::Probe;
 use crate::http::proxy::ProxyState;
 
-/// Longest time one readiness check may take before it counts as failed.
-/// It is below common probe timeouts (Kubernetes and systemd-style checks
-/// wait at least a few seconds), so `/ready` itself answers in time.
+/// Maximum time one readiness check may take before it counts as failed.
+/// The checks run concurrently, so `/ready` responds within about this long
+/// even when a part hangs.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The outcome of one part's check.

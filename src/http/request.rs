@@ -28,7 +28,7 @@ pub const MAX_REQUEST_ID_LEN: usize = 64;
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
-/// What a role records about each answered request.
+/// What a role records about each completed request.
 pub trait RequestObserver: Send + Sync {
     fn http(&self) -> &HttpMetrics;
 
@@ -57,8 +57,8 @@ impl RequestObserver for ServerMetrics {
 pub struct Tracking {
     pub observer: Arc<dyn RequestObserver>,
     /// Reuse a well-formed `x-request-id` sent by the client. Only k_server
-    /// does, because its one client is the proxy; the proxy makes a fresh
-    /// id for every request so that a client cannot choose the ids in its
+    /// does, because its one client is the proxy. The proxy makes a fresh
+    /// id for every request, so that a client cannot choose the ids in its
     /// logs.
     pub trust_incoming_id: bool,
 }
