@@ -20,6 +20,7 @@ use cardgate::ctap::transport::{self, DeviceSpec, SimCard};
 use cardgate::domain::Username;
 use cardgate::error::ApiError;
 use cardgate::http::proxy::ceremony::{Ceremony, RelyingParty};
+use cardgate::metrics::{ProxyMetrics, RouteTable};
 
 /// How the lying card alters its getAssertion responses.
 #[derive(Clone, Copy)]
@@ -76,6 +77,7 @@ struct Rig {
     card: Addr<CardActor>,
     enrollments: Addr<EnrollmentsActor>,
     rp: RelyingParty,
+    metrics: ProxyMetrics,
     _dir: tempfile::TempDir,
 }
 
@@ -117,6 +119,7 @@ impl Rig {
             card,
             enrollments,
             rp,
+            metrics: ProxyMetrics::new(RouteTable::new(&[])),
             _dir: dir,
         }
     }
@@ -126,6 +129,7 @@ impl Rig {
             rp: &self.rp,
             card: &self.card,
             enrollments: &self.enrollments,
+            metrics: &self.metrics,
             operation_id: 1,
             cancel: Arc::new(AtomicBool::new(false)),
         }

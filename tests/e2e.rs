@@ -126,6 +126,8 @@ key = "certs/server.key"
 client_ca = "certs/ca.crt"
 [store]
 path = "server-store"
+[metrics]
+listen = ""
 "#,
                 self.server_port
             ),
@@ -153,6 +155,8 @@ path = "proxy-store"
 [webauthn]
 rp_id = "localhost"
 origin = "https://localhost:{proxy}"
+[metrics]
+listen = ""
 {extra}
 "#,
                 proxy = self.proxy_port,

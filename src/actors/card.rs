@@ -139,6 +139,8 @@ pub enum CardError {
     Protocol(String),
     #[error("the card was lost during the operation: {0}")]
     Lost(String),
+    #[error("the proxy is shutting down; retry once it is back")]
+    ShuttingDown,
 }
 
 impl From<CardError> for ApiError {
@@ -153,6 +155,7 @@ impl From<CardError> for ApiError {
             CardError::Cancelled => ApiError::CardCancelled(text),
             CardError::NoCredentials => ApiError::Forbidden(text),
             CardError::Status(_) | CardError::Protocol(_) => ApiError::CardFailed(text),
+            CardError::ShuttingDown => ApiError::Unavailable(text),
         }
     }
 }
@@ -182,6 +185,13 @@ pub struct Run {
 #[rtype(result = "CardHealth")]
 pub struct GetHealth;
 
+/// Cancels the operation on the card (the card gets CTAPHID CANCEL) and
+/// every queued one, and rejects new operations, for a graceful stop.
+/// Returns how many operations were cancelled.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Shutdown;
+
 struct Job {
     id: u64,
     operation: CardOperation,
@@ -200,7 +210,10 @@ enum Link {
     /// The card is initialised and idle.
     Ready(Box<CtapHidDevice>),
     /// The device is lent to the blocking task running this operation.
-    Running { owner: Option<String> },
+    Running {
+        owner: Option<String>,
+        cancel: Arc<AtomicBool>,
+    },
 }
 
 pub struct CardActor {
@@ -214,6 +227,8 @@ pub struct CardActor {
     last_error: Option<String>,
     backoff: Duration,
     ever_connected: bool,
+    /// Set by [`Shutdown`]: no new operation is accepted.
+    shutting_down: bool,
 }
 
 impl CardActor {
@@ -233,6 +248,7 @@ impl CardActor {
             last_error: None,
             backoff: RECONNECT_FIRST_BACKOFF,
             ever_connected: false,
+            shutting_down: false,
         }
     }
 
@@ -341,6 +357,7 @@ impl CardActor {
             &mut self.link,
             Link::Running {
                 owner: job.owner.clone(),
+                cancel: job.cancel.clone(),
             },
         ) else {
             return;
@@ -394,6 +411,10 @@ impl CardActor {
                     actor.lose_card(reason, ctx);
                 }
                 Err(RunError::Card(error)) => {
+                    let error = match error {
+                        CardError::Cancelled if actor.shutting_down => CardError::ShuttingDown,
+                        other => other,
+                    };
                     let _ = reply.send(Err(error));
                     actor.link = Link::Ready(device);
                     actor.next(ctx);
@@ -412,9 +433,13 @@ impl CardActor {
         if !self.queue.is_empty() || !matches!(self.link, Link::Ready(_)) {
             return;
         }
-        let Link::Ready(mut device) =
-            std::mem::replace(&mut self.link, Link::Running { owner: None })
-        else {
+        let Link::Ready(mut device) = std::mem::replace(
+            &mut self.link,
+            Link::Running {
+                owner: None,
+                cancel: Arc::new(AtomicBool::new(false)),
+            },
+        ) else {
             return;
         };
         let task = actix_rt::task::spawn_blocking(move || {
@@ -506,7 +531,8 @@ fn run_operation(
     let response = device
         .cbor(&request, &mut on_keepalive, cancel, deadline)
         .map_err(|e| device_error(e, confirm_timeout))?;
-    let body = split_status(&response).map_err(|e| RunError::Card(status_error(e, confirm_timeout)))?;
+    let body =
+        split_status(&response).map_err(|e| RunError::Card(status_error(e, confirm_timeout)))?;
     let reply = match operation {
         CardOperation::MakeCredential(_) => {
             MakeCredentialResponse::parse(body).map(CardReply::MakeCredential)
@@ -571,6 +597,9 @@ impl Handler<Run> for CardActor {
     fn handle(&mut self, msg: Run, ctx: &mut Self::Context) -> Self::Result {
         let fail = |e| -> Self::Result { Box::pin(async move { Err(e) }) };
 
+        if self.shutting_down {
+            return fail(CardError::ShuttingDown);
+        }
         if !self.is_connected() && !msg.wait_for_card {
             let reason = self
                 .last_error
@@ -618,6 +647,29 @@ impl Handler<Run> for CardActor {
                 .await
                 .unwrap_or_else(|_| Err(CardError::Lost("the card actor stopped".into())))
         })
+    }
+}
+
+impl Handler<Shutdown> for CardActor {
+    type Result = usize;
+
+    fn handle(&mut self, _: Shutdown, _: &mut Self::Context) -> usize {
+        self.shutting_down = true;
+        let mut cancelled = 0;
+        if let Link::Running { cancel, .. } = &self.link {
+            cancel.store(true, Ordering::Relaxed);
+            cancelled += 1;
+        }
+        for job in self.queue.drain(..) {
+            let _ = self.events.send(CardEvent {
+                operation: Some(job.id),
+                kind: CardEventKind::Done,
+            });
+            let _ = job.reply.send(Err(CardError::ShuttingDown));
+            cancelled += 1;
+        }
+        tracing::info!(cancelled, "card operations cancelled for shutdown");
+        cancelled
     }
 }
 

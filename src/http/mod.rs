@@ -1,34 +1,18 @@
 //! HTTP front ends of the two network roles, and what they share: request
 //! ids, JSON error handling and response headers.
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
-use actix_web::middleware::Next;
-use actix_web::{web, HttpMessage, HttpRequest};
-use tracing::Instrument;
+use actix_web::{web, HttpRequest};
 
 use crate::error::ApiError;
 
 pub mod portal;
+pub mod probes;
 pub mod proxy;
+pub mod request;
 pub mod server;
 
-/// The id of one request, in its tracing span and forwarded upstream.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
-
-/// Middleware: gives each request an id and runs it inside a span that
-/// carries it, so every log line of the request can be found together.
-pub async fn request_span(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let id = format!("{:016x}", rand::random::<u64>());
-    let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.path());
-    req.extensions_mut().insert(RequestId(id));
-    next.call(req).instrument(span).await
-}
+pub use request::RequestId;
 
 /// JSON body limits and errors that name the problem.
 pub fn json_config(limit: usize) -> web::JsonConfig {

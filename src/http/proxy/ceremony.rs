@@ -8,6 +8,7 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::Addr;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -15,7 +16,7 @@ use base64::Engine;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::actors::card::{CardActor, CardOperation, CardReply, Run};
+use crate::actors::card::{CardActor, CardError, CardOperation, CardReply, Run};
 use crate::actors::enrollments::{
     Credential, EnrollmentError, EnrollmentsActor, Lookup, RecordSignCount, Register, Release,
     Reserve, User,
@@ -28,6 +29,7 @@ use crate::ctap::make_credential::MakeCredentialRequest;
 use crate::ctap::verify::verify_assertion;
 use crate::domain::Username;
 use crate::error::ApiError;
+use crate::metrics::{CardOperationKind, ProxyMetrics};
 use crate::rng::os_random;
 
 /// The relying party as configured; never taken from request headers.
@@ -60,6 +62,7 @@ pub struct Ceremony<'a> {
     pub rp: &'a RelyingParty,
     pub card: &'a Addr<CardActor>,
     pub enrollments: &'a Addr<EnrollmentsActor>,
+    pub metrics: &'a ProxyMetrics,
     /// Id for the card events of this ceremony.
     pub operation_id: u64,
     pub cancel: Arc<AtomicBool>,
@@ -106,26 +109,52 @@ fn mailbox(e: actix::MailboxError) -> ApiError {
     ApiError::Unavailable(format!("an internal actor did not respond: {e}"))
 }
 
+/// The outcome label of a failed card operation in the metrics.
+fn card_outcome(error: &CardError) -> &'static str {
+    match error {
+        CardError::NotConnected(_) => "not_connected",
+        CardError::QueueFull { .. } => "queue_full",
+        CardError::AlreadyWaiting(_) => "already_waiting",
+        CardError::Denied => "denied",
+        CardError::Timeout(_) => "timeout",
+        CardError::Cancelled => "cancelled",
+        CardError::NoCredentials => "no_credentials",
+        CardError::Status(_) => "status",
+        CardError::Protocol(_) => "protocol",
+        CardError::Lost(_) => "lost",
+        CardError::ShuttingDown => "shutting_down",
+    }
+}
+
 impl Ceremony<'_> {
-    /// Sends one operation to the card on behalf of `username`.
+    /// Sends one operation to the card on behalf of `username` and
+    /// records its outcome and duration.
     async fn run_on_card(
         &self,
         username: &Username,
         operation: CardOperation,
         wait_for_card: bool,
     ) -> Result<CardReply, ApiError> {
-        let reply = self
-            .card
-            .send(Run {
-                id: self.operation_id,
-                operation,
-                owner: Some(username.as_str().to_string()),
-                cancel: self.cancel.clone(),
-                wait_for_card,
-            })
-            .await
-            .map_err(mailbox)??;
-        Ok(reply)
+        let kind = match operation {
+            CardOperation::MakeCredential(_) => CardOperationKind::MakeCredential,
+            CardOperation::GetAssertion(_) => CardOperationKind::GetAssertion,
+        };
+        let run = Run {
+            id: self.operation_id,
+            operation,
+            owner: Some(username.as_str().to_string()),
+            cancel: self.cancel.clone(),
+            wait_for_card,
+        };
+        let started = Instant::now();
+        let result = self.card.send(run).await;
+        let outcome = match &result {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(error)) => card_outcome(error),
+            Err(_) => "internal",
+        };
+        self.metrics.card.observe(kind, outcome, started.elapsed());
+        Ok(result.map_err(mailbox)??)
     }
 
     /// Checks what both ceremonies require of authenticatorData: our
