@@ -54,6 +54,8 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::bringup::decode::CtapCommand,
     },
+    /// Print the proxy's audit trail, from the running proxy or its store.
+    Audit(crate::audit::command::AuditArgs),
 }
 
 #[derive(Debug, Args)]
@@ -62,7 +64,9 @@ pub struct RoleArgs {
     #[arg(long, short)]
     pub config: PathBuf,
 
-    /// Print the resolved configuration and exit without starting.
+    /// Check the configuration and the files it names (certificates, keys,
+    /// folders), print it resolved with private keys shown by path only, and
+    /// exit without starting.
     #[arg(long)]
     pub check_config: bool,
 }
@@ -127,13 +131,20 @@ pub fn main() -> ExitCode {
         LogFormatArg::Human => LogFormat::Human,
         LogFormatArg::Json => LogFormat::Json,
     };
-    crate::telemetry::init(format);
+    // The demo prints its own walkthrough; routine log lines would bury it.
+    let default_level = if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    crate::telemetry::init(format, default_level);
 
-    // These two print their own results and choose their own exit codes.
+    // These print their own results and choose their own exit codes.
     let command = match cli.command {
         Command::Client(args) => return crate::client::run(args),
         Command::Loadtest(args) => return crate::loadtest::main(args),
         Command::Ctap { command } => return crate::bringup::decode::run(command),
+        Command::Audit(args) => return crate::audit::command::run(args),
         other => other,
     };
     match run(command) {
@@ -149,28 +160,40 @@ fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Server(args) => {
             let config = crate::config::load_server(&args.config).map_err(|e| e.to_string())?;
+            crate::preflight::check_server(&config).map_err(|e| e.to_string())?;
             if args.check_config {
-                println!("{}", config.describe());
+                print_checked(&args.config, &config.describe());
                 return Ok(());
             }
             actix_rt::System::new().block_on(async move {
+                let signals = crate::shutdown::Signals::install()
+                    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
                 let running = crate::http::server::start(config)
                     .await
                     .map_err(|e| e.to_string())?;
-                running.wait().await.map_err(|e| e.to_string())
+                running
+                    .run_until(signals.recv())
+                    .await
+                    .map_err(|e| e.to_string())
             })
         }
         Command::Proxy(args) => {
             let config = crate::config::load_proxy(&args.config).map_err(|e| e.to_string())?;
+            crate::preflight::check_proxy(&config).map_err(|e| e.to_string())?;
             if args.check_config {
-                println!("{}", config.describe());
+                print_checked(&args.config, &config.describe());
                 return Ok(());
             }
             actix_rt::System::new().block_on(async move {
+                let signals = crate::shutdown::Signals::install()
+                    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
                 let running = crate::http::proxy::start(config)
                     .await
                     .map_err(|e| e.to_string())?;
-                running.server.await.map_err(|e| e.to_string())
+                running
+                    .run_until(signals.recv())
+                    .await
+                    .map_err(|e| e.to_string())
             })
         }
         Command::CardSim(args) => {
@@ -197,8 +220,18 @@ fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Demo(args) => crate::demo::run(&args.dir, args.port).map_err(|e| e.to_string()),
-        Command::Client(_) | Command::Loadtest(_) | Command::Ctap { .. } => {
+        Command::Client(_) | Command::Loadtest(_) | Command::Ctap { .. } | Command::Audit(_) => {
             Err("this command is run by `main`".into())
         }
     }
+}
+
+/// Prints the resolved configuration for `--check-config`, after every
+/// check has passed.
+fn print_checked(path: &std::path::Path, description: &str) {
+    println!(
+        "# {}: configuration and files are valid; private keys are shown by path only",
+        path.display()
+    );
+    print!("{description}");
 }

@@ -71,6 +71,8 @@ pub struct ServerConfig {
     pub store: Store,
     #[serde(default)]
     pub http: Http,
+    #[serde(default = "Metrics::server_default")]
+    pub metrics: Metrics,
 }
 
 /// TLS files of the server. Clients must present a certificate signed by
@@ -158,6 +160,44 @@ impl Http {
     }
 }
 
+/// The Prometheus listener, plain HTTP apart from the role's TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// Loopback address that serves `GET /metrics`; `None` (an empty
+    /// string in the file) turns the listener off.
+    #[serde(deserialize_with = "optional_socket_addr")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl Metrics {
+    /// Default address of the proxy's metrics listener.
+    pub const PROXY_DEFAULT: SocketAddr =
+        SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
+
+    /// Default address of the server's metrics listener, one port above
+    /// the proxy's so that both roles can run on one machine.
+    pub const SERVER_DEFAULT: SocketAddr =
+        SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9465);
+
+    fn proxy_default() -> Self {
+        Metrics {
+            listen: Some(Self::PROXY_DEFAULT),
+        }
+    }
+
+    fn server_default() -> Self {
+        Metrics {
+            listen: Some(Self::SERVER_DEFAULT),
+        }
+    }
+
+    /// No metrics listener.
+    pub fn off() -> Self {
+        Metrics { listen: None }
+    }
+}
+
 /// Configuration of the `proxy` role (k_proxy).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -175,6 +215,8 @@ pub struct ProxyConfig {
     pub webauthn: Webauthn,
     #[serde(default)]
     pub http: Http,
+    #[serde(default = "Metrics::proxy_default")]
+    pub metrics: Metrics,
     #[serde(default)]
     pub limits: Limits,
 }
@@ -404,13 +446,15 @@ impl Webauthn {
 }
 
 impl ServerConfig {
-    /// Creates a server config with default HTTP limits.
+    /// Creates a server config with default HTTP limits and no metrics
+    /// listener, so that tests can start many servers at once.
     pub fn new(listen: SocketAddr, tls: ServerTls, store: Store) -> Self {
         ServerConfig {
             listen,
             tls,
             store,
             http: Http::default(),
+            metrics: Metrics::off(),
         }
     }
 
@@ -422,7 +466,8 @@ impl ServerConfig {
             ("tls.client_ca", &self.tls.client_ca),
             ("store.path", &self.store.path),
         ])?;
-        validate_http(&self.http)
+        validate_http(&self.http)?;
+        validate_metrics(&self.metrics, self.listen)
     }
 
     /// Renders the resolved config as TOML. It contains no secret: key
@@ -440,6 +485,7 @@ impl ServerConfig {
         out.path("path", &self.store.path);
 
         describe_http(&mut out, &self.http);
+        describe_metrics(&mut out, &self.metrics);
         out.finish()
     }
 
@@ -452,7 +498,8 @@ impl ServerConfig {
 }
 
 impl ProxyConfig {
-    /// Creates a proxy config with default card, session and HTTP settings.
+    /// Creates a proxy config with default card, session and HTTP settings
+    /// and no metrics listener, so that tests can start many proxies at once.
     pub fn new(
         listen: SocketAddr,
         tls: Tls,
@@ -470,6 +517,7 @@ impl ProxyConfig {
             webauthn,
             http: Http::default(),
             limits: Limits::default(),
+            metrics: Metrics::off(),
         }
     }
 
@@ -497,7 +545,10 @@ impl ProxyConfig {
         require_nonzero(
             "limits.username_max_backoff_s",
             self.limits.username_max_backoff_s,
-        )
+        )?;
+        validate_metrics(&self.metrics, self.listen)?;
+        validate_store_socket(&self.store)?;
+        validate_upstream_is_not_self(&self.upstream, self.listen)
     }
 
     /// Renders the resolved config as TOML. It contains no secret: key
@@ -563,6 +614,7 @@ impl ProxyConfig {
             limits.username_first_backoff_ms,
         );
         out.number("username_max_backoff_s", limits.username_max_backoff_s);
+        describe_metrics(&mut out, &self.metrics);
         out.finish()
     }
 
@@ -782,6 +834,21 @@ fn socket_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr,
     })
 }
 
+fn optional_socket_addr<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "invalid socket address {text:?}; expected IP:PORT such as 127.0.0.1:9464, \
+             or an empty string to turn the listener off"
+        ))
+    })
+}
+
 fn resolve(base: &Path, path: &mut PathBuf) {
     if path.is_relative() && !path.as_os_str().is_empty() {
         *path = base.join(&*path);
@@ -818,6 +885,77 @@ fn validate_http(http: &Http) -> Result<(), ConfigError> {
     )?;
     require_nonzero("http.body_timeout_ms", http.body_timeout_ms)?;
     require_nonzero("http.max_connections", http.max_connections as u64)
+}
+
+fn validate_metrics(metrics: &Metrics, listen: SocketAddr) -> Result<(), ConfigError> {
+    let Some(addr) = metrics.listen else {
+        return Ok(());
+    };
+    if !addr.ip().is_loopback() {
+        return Err(ConfigError::new(
+            "metrics.listen",
+            format!(
+                "{addr} is not a loopback address; metrics are served over plain HTTP \
+                 without authentication, so bind them to 127.0.0.1 or [::1]"
+            ),
+        ));
+    }
+    if addr.port() != 0 && addr == listen {
+        return Err(ConfigError::new(
+            "metrics.listen",
+            format!(
+                "{addr} is also `listen`; give the metrics listener a port of its own \
+                 or set `metrics.listen = \"\"` to turn it off"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Rejects a store path whose audit socket path would not fit a Unix
+/// socket address.
+fn validate_store_socket(store: &Store) -> Result<(), ConfigError> {
+    let socket = crate::audit::socket::socket_path(&store.path);
+    let length = socket.as_os_str().len();
+    if length > crate::audit::socket::MAX_SOCKET_PATH_BYTES {
+        return Err(ConfigError::new(
+            "store.path",
+            format!(
+                "the audit socket {} would be {length} bytes long, over the {} bytes a Unix \
+                 socket path may have; choose a shorter store folder",
+                socket.display(),
+                crate::audit::socket::MAX_SOCKET_PATH_BYTES
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Rejects an upstream URL that names the proxy's own listen address,
+/// which would forward every counter call back to the proxy.
+fn validate_upstream_is_not_self(
+    upstream: &Upstream,
+    listen: SocketAddr,
+) -> Result<(), ConfigError> {
+    let Ok(uri) = upstream.url.parse::<actix_web::http::Uri>() else {
+        return Ok(());
+    };
+    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+    let Ok(ip) = host.parse::<IpAddr>() else {
+        return Ok(());
+    };
+    let port = uri.port_u16().unwrap_or(443);
+    let same_ip = ip == listen.ip() || (listen.ip().is_unspecified() && ip.is_loopback());
+    if listen.port() != 0 && port == listen.port() && same_ip {
+        return Err(ConfigError::new(
+            "upstream.url",
+            format!(
+                "{:?} is the proxy's own `listen` address ({listen}); point it at k_server",
+                upstream.url
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn validate_upstream(upstream: &Upstream) -> Result<(), ConfigError> {
@@ -1000,6 +1138,17 @@ fn describe_http(out: &mut TomlWriter, http: &Http) {
     out.number("body_timeout_ms", http.body_timeout_ms);
     out.number("shutdown_timeout_s", http.shutdown_timeout_s);
     out.number("max_connections", http.max_connections);
+}
+
+fn describe_metrics(out: &mut TomlWriter, metrics: &Metrics) {
+    out.section("metrics");
+    match metrics.listen {
+        Some(addr) => out.value("listen", &addr.to_string()),
+        None => {
+            out.comment("the metrics listener is off");
+            out.value("listen", "");
+        }
+    }
 }
 
 /// Writes the resolved config as TOML for `--check-config`.
@@ -1301,6 +1450,67 @@ origin = "https://localhost:8443"
             quote(&config.upstream.client_key.display().to_string())
         );
         assert!(text.contains(&key_line), "{text}");
+    }
+
+    #[test]
+    fn metrics_listen_defaults_per_role_and_empty_turns_off() {
+        let (_dir, path) = write_config(PROXY_TOML);
+        let proxy = load_proxy_with_env(&path, HashMap::new()).expect("load");
+        assert_eq!(proxy.metrics.listen, Some(Metrics::PROXY_DEFAULT));
+        let (_dir, path) = write_config(SERVER_TOML);
+        let server = load_server_with_env(&path, HashMap::new()).expect("load");
+        assert_eq!(server.metrics.listen, Some(Metrics::SERVER_DEFAULT));
+
+        let (_dir, path) = write_config(&format!("{PROXY_TOML}\n[metrics]\nlisten = \"\"\n"));
+        let off = load_proxy_with_env(&path, HashMap::new()).expect("load");
+        assert_eq!(off.metrics.listen, None);
+        assert!(off
+            .describe()
+            .contains("[metrics]\n# the metrics listener is off"));
+
+        let (_dir, path) = write_config(PROXY_TOML);
+        let from_env =
+            load_proxy_with_env(&path, env(&[("CARDGATE_METRICS__LISTEN", "")])).expect("load");
+        assert_eq!(from_env.metrics.listen, None);
+    }
+
+    #[test]
+    fn metrics_listen_must_be_loopback() {
+        let error = proxy_error(&format!(
+            "{PROXY_TOML}\n[metrics]\nlisten = \"0.0.0.0:9464\"\n"
+        ));
+        assert_eq!(error.key, "metrics.listen");
+        assert!(error.message.contains("loopback"), "{error}");
+
+        let error = proxy_error(&format!("{PROXY_TOML}\n[metrics]\nlisten = \"nowhere\"\n"));
+        assert_eq!(error.key, "metrics.listen");
+    }
+
+    #[test]
+    fn metrics_on_api_port_names_both_keys() {
+        let error = proxy_error(&format!(
+            "{PROXY_TOML}\n[metrics]\nlisten = \"127.0.0.1:8443\"\n"
+        ));
+        assert_eq!(error.key, "metrics.listen");
+        assert!(error.message.contains("`listen`"), "{error}");
+    }
+
+    #[test]
+    fn upstream_pointing_at_proxy_is_rejected() {
+        let error = proxy_error(&PROXY_TOML.replace(
+            "url = \"https://127.0.0.1:9443\"",
+            "url = \"https://127.0.0.1:8443\"",
+        ));
+        assert_eq!(error.key, "upstream.url");
+        assert!(error.message.contains("`listen`"), "{error}");
+    }
+
+    #[test]
+    fn store_path_too_long_for_audit_socket() {
+        let long = "s".repeat(120);
+        let error = proxy_error(&PROXY_TOML.replace("data/proxy", &long));
+        assert_eq!(error.key, "store.path");
+        assert!(error.message.contains("audit socket"), "{error}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::certs::{self, InitOptions};
 use crate::client::api::{ClientError, ProxyClient};
 use crate::config::{load_proxy, load_server};
 
-/// Why the demo could not run.
+/// The reason the demo could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error("cannot write {path}: {source}")]
@@ -46,6 +46,10 @@ client_ca = "certs/ca.crt"
 
 [store]
 path = "server-store"
+
+# Off, so that the demo does not collide with installed daemons.
+[metrics]
+listen = ""
 "#
     .to_string()
 }
@@ -76,6 +80,10 @@ path = "proxy-store"
 [webauthn]
 rp_id = "localhost"
 origin = "https://localhost:{port}"
+
+# Off, so that the demo does not collide with installed daemons.
+[metrics]
+listen = ""
 "#
     )
 }
@@ -120,9 +128,6 @@ pub fn run(dir: &Path, port: u16) -> Result<(), DemoError> {
         let proxy = crate::http::proxy::start(proxy_config)
             .await
             .map_err(|e| DemoError::Setup(format!("k_proxy did not start: {e}")))?;
-        let proxy_handle = proxy.server.handle();
-        actix_rt::spawn(proxy.server);
-
         print_banner(&dir, proxy.addr.port(), &upstream);
         let base = format!("https://localhost:{}", proxy.addr.port());
         if let Err(e) = walkthrough(&base, &dir.join("certs").join("ca.crt")).await {
@@ -130,9 +135,16 @@ pub fn run(dir: &Path, port: u16) -> Result<(), DemoError> {
         }
         println!("\nPress Ctrl-C to stop.");
 
-        let _ = tokio::signal::ctrl_c().await;
-        println!("\nstopping: finishing requests in flight");
-        proxy_handle.stop(true).await;
+        let stopped = proxy
+            .run_until(async {
+                let _ = tokio::signal::ctrl_c().await;
+                println!("\nstopping: finishing requests in flight");
+                "Ctrl-C"
+            })
+            .await;
+        if let Err(e) = stopped {
+            eprintln!("k_proxy did not stop cleanly: {e}");
+        }
         server
             .stop(true)
             .await
@@ -173,7 +185,7 @@ async fn walkthrough(base: &str, ca: &Path) -> Result<(), ClientError> {
             Ok(())
         }
         Ok(reply) => Err(ClientError::Setup(format!(
-            "the counter answered {} after logout; the session was not ended",
+            "the counter returned {} after logout; the session was not ended",
             reply.value
         ))),
         Err(e) => Err(e),

@@ -5,7 +5,7 @@ use crate::error::ApiError;
 /// Shortest and longest username, in characters.
 pub const USERNAME_LEN: std::ops::RangeInclusive<usize> = 3..=32;
 
-/// Longest display name, in characters.
+/// Maximum display name length, in characters.
 pub const DISPLAY_NAME_MAX: usize = 64;
 
 /// Maximum characters of a rejected value quoted back in an error message.

@@ -165,7 +165,7 @@ mod tests {
     }
 }
 
-/// Why a role could not start. Reported once by the binary before it exits.
+/// The reason a role could not start, reported once by the binary before it exits.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]

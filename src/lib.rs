@@ -7,6 +7,7 @@
 //! library so that tests can start each part in-process.
 
 pub mod actors;
+pub mod audit;
 pub mod bringup;
 pub mod certs;
 pub mod cli;
@@ -18,6 +19,9 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod loadtest;
+pub mod metrics;
+pub mod preflight;
 pub mod rng;
+pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

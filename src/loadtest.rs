@@ -35,7 +35,7 @@ pub struct LoadtestArgs {
     #[arg(long, default_value_t = 5)]
     pub requests: usize,
 
-    /// Most calls in flight at once; 0 sends all calls at once.
+    /// Maximum calls in flight at once; 0 sends all calls at once.
     #[arg(long, default_value_t = 64)]
     pub max_workers: usize,
 

@@ -9,10 +9,12 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. Later calls (as in tests that start
-/// several roles in one process) leave the first subscriber in place.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global subscriber, logging at `default_level` unless
+/// `RUST_LOG` says otherwise. Later calls (as in tests that start several
+/// roles in one process) leave the first subscriber in place.
+pub fn init(format: LogFormat, default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

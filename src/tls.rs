@@ -129,6 +129,21 @@ pub fn client_config(
     Ok(config)
 }
 
+/// Checks that `key` holds the private key of the first certificate in
+/// `cert`, the way both config builders do before they use the pair.
+pub fn check_key_pair(cert: &Path, key: &Path) -> Result<(), TlsError> {
+    let provider = provider();
+    let chain = load_certs(cert)?;
+    let private_key = load_key(key)?;
+    certified_key(&provider, cert, key, chain, private_key).map(drop)
+}
+
+/// Checks that every certificate in `ca` can be a trust anchor; returns
+/// how many there are.
+pub fn check_trust_anchors(ca: &Path) -> Result<usize, TlsError> {
+    root_store(ca).map(|roots| roots.len())
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

@@ -252,3 +252,16 @@ async fn denied_operation_is_reported_as_denied() {
     let result = card.send(run(1, "alice")).await.unwrap();
     assert_eq!(result.unwrap_err(), CardError::Denied);
 }
+
+#[actix_rt::test]
+async fn idle_card_loss_is_noticed_without_an_operation() {
+    let (card, sim, _) = start(Presence::Approve, settings(Duration::from_secs(5), 8));
+    wait_for_state(&card, "connected").await;
+    sim.unplug();
+    // The heartbeat PING runs every 5 s; wait_for_state allows 10 s.
+    wait_for_state(&card, "disconnected").await;
+    let health = card.send(GetHealth).await.unwrap();
+    assert!(health.last_error.is_some(), "{health:?}");
+    sim.replug();
+    wait_for_state(&card, "connected").await;
+}

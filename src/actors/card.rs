@@ -35,8 +35,14 @@ const RECONNECT_FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// cancellations while they wait for the card.
 const QUEUE_SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How often an idle card is sent a CTAPHID PING. A UDP or relayed card
+/// gives no sign when it goes away, and a hidraw node only fails when it is
+/// used, so without this `/health` would report a lost card as connected
+/// until the next login.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Capacity of the event channel. A subscriber that falls this far behind
-/// misses events (it is told how many) instead of slowing the card.
+/// misses events (its next receive reports how many) instead of slowing the card.
 pub const EVENT_CAPACITY: usize = 256;
 
 /// Limits and deadlines of card operations.
@@ -49,7 +55,7 @@ pub struct CardSettings {
     pub queue_limit: usize,
     /// How long a login may wait for a card that is reconnecting.
     pub login_grace: Duration,
-    /// Longest wait between two attempts to find the card.
+    /// Maximum wait between two attempts to find the card.
     pub reconnect_max_backoff: Duration,
     /// CTAPHID read slices, idle deadline and retry limits.
     pub timing: Timing,
@@ -84,7 +90,7 @@ pub enum CardEventKind {
     Lost { reason: String },
 }
 
-/// What `/health` shows about the card.
+/// The card's state as `/health` reports it.
 #[derive(Debug, Clone, Serialize)]
 pub struct CardHealth {
     /// `connected`, `busy` or `disconnected`.
@@ -110,7 +116,7 @@ pub enum CardReply {
     GetAssertion(GetAssertionResponse),
 }
 
-/// Why a card operation failed.
+/// The reason a card operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CardError {
     #[error("card not connected ({0}); plug it in or check `cardgate card doctor`")]
@@ -121,7 +127,7 @@ pub enum CardError {
     AlreadyWaiting(String),
     #[error("the person at the card declined")]
     Denied,
-    #[error("nobody confirmed on the card within {0:?}")]
+    #[error("nobody confirmed on the card within {} s; try again and confirm on the card", .0.as_secs_f64())]
     Timeout(Duration),
     #[error("the card operation was cancelled")]
     Cancelled,
@@ -133,6 +139,8 @@ pub enum CardError {
     Protocol(String),
     #[error("the card was lost during the operation ({0}); try again once it is connected")]
     Lost(String),
+    #[error("the proxy is shutting down; retry once it is back")]
+    ShuttingDown,
 }
 
 impl From<CardError> for ApiError {
@@ -147,6 +155,7 @@ impl From<CardError> for ApiError {
             CardError::Cancelled => ApiError::CardCancelled(text),
             CardError::NoCredentials => ApiError::Forbidden(text),
             CardError::Status(_) | CardError::Protocol(_) => ApiError::CardFailed(text),
+            CardError::ShuttingDown => ApiError::Unavailable(text),
         }
     }
 }
@@ -176,6 +185,13 @@ pub struct Run {
 #[rtype(result = "CardHealth")]
 pub struct GetHealth;
 
+/// Cancels the operation on the card (the card gets CTAPHID CANCEL) and
+/// every queued one, and rejects new operations, for a graceful stop.
+/// Returns how many operations were cancelled.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Shutdown;
+
 struct Job {
     id: u64,
     operation: CardOperation,
@@ -187,14 +203,17 @@ struct Job {
     reply: oneshot::Sender<Result<CardReply, CardError>>,
 }
 
-/// Where the link to the card stands.
+/// State of the link to the card.
 enum Link {
     /// No card yet: discovery runs with backoff.
     AwaitingCard,
     /// The card is initialised and idle.
     Ready(Box<CtapHidDevice>),
     /// The device is lent to the blocking task running this operation.
-    Running { owner: Option<String> },
+    Running {
+        owner: Option<String>,
+        cancel: Arc<AtomicBool>,
+    },
 }
 
 pub struct CardActor {
@@ -208,6 +227,8 @@ pub struct CardActor {
     last_error: Option<String>,
     backoff: Duration,
     ever_connected: bool,
+    /// Set by [`Shutdown`]: no new operation is accepted.
+    shutting_down: bool,
 }
 
 impl CardActor {
@@ -227,6 +248,7 @@ impl CardActor {
             last_error: None,
             backoff: RECONNECT_FIRST_BACKOFF,
             ever_connected: false,
+            shutting_down: false,
         }
     }
 
@@ -335,6 +357,7 @@ impl CardActor {
             &mut self.link,
             Link::Running {
                 owner: job.owner.clone(),
+                cancel: job.cancel.clone(),
             },
         ) else {
             return;
@@ -388,6 +411,10 @@ impl CardActor {
                     actor.lose_card(reason, ctx);
                 }
                 Err(RunError::Card(error)) => {
+                    let error = match error {
+                        CardError::Cancelled if actor.shutting_down => CardError::ShuttingDown,
+                        other => other,
+                    };
                     let _ = reply.send(Err(error));
                     actor.link = Link::Ready(device);
                     actor.next(ctx);
@@ -399,6 +426,40 @@ impl CardActor {
                 }
             }
         }));
+    }
+
+    /// Pings the card when it is idle; a failed ping counts as a lost card.
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if !self.queue.is_empty() || !matches!(self.link, Link::Ready(_)) {
+            return;
+        }
+        let Link::Ready(mut device) = std::mem::replace(
+            &mut self.link,
+            Link::Running {
+                owner: None,
+                cancel: Arc::new(AtomicBool::new(false)),
+            },
+        ) else {
+            return;
+        };
+        let task = actix_rt::task::spawn_blocking(move || {
+            let result = device.ping(b"cardgate heartbeat");
+            (device, result)
+        });
+        ctx.spawn(
+            task.into_actor(self)
+                .map(|joined, actor, ctx| match joined {
+                    Ok((device, Ok(_))) => {
+                        actor.link = Link::Ready(device);
+                        actor.next(ctx);
+                    }
+                    Ok((_, Err(e))) => actor.lose_card(
+                        format!("the card did not answer a heartbeat PING: {e}"),
+                        ctx,
+                    ),
+                    Err(e) => actor.lose_card(format!("heartbeat task failed: {e}"), ctx),
+                }),
+        );
     }
 
     /// Records the failure and stops; the supervisor restarts the actor.
@@ -470,7 +531,8 @@ fn run_operation(
     let response = device
         .cbor(&request, &mut on_keepalive, cancel, deadline)
         .map_err(|e| device_error(e, confirm_timeout))?;
-    let body = split_status(&response).map_err(|e| RunError::Card(status_error(e)))?;
+    let body =
+        split_status(&response).map_err(|e| RunError::Card(status_error(e, confirm_timeout)))?;
     let reply = match operation {
         CardOperation::MakeCredential(_) => {
             MakeCredentialResponse::parse(body).map(CardReply::MakeCredential)
@@ -493,10 +555,10 @@ fn device_error(e: DeviceError, confirm_timeout: Duration) -> RunError {
     })
 }
 
-fn status_error(e: CtapError) -> CardError {
+fn status_error(e: CtapError, confirm_timeout: Duration) -> CardError {
     match e {
         CtapError::Status(CtapStatus::OperationDenied) => CardError::Denied,
-        CtapError::Status(CtapStatus::UserActionTimeout) => CardError::Timeout(Duration::ZERO),
+        CtapError::Status(CtapStatus::UserActionTimeout) => CardError::Timeout(confirm_timeout),
         CtapError::Status(CtapStatus::KeepaliveCancel) => CardError::Cancelled,
         CtapError::Status(CtapStatus::NoCredentials) => CardError::NoCredentials,
         CtapError::Status(status) => CardError::Status(format!(
@@ -513,6 +575,7 @@ impl Actor for CardActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(QUEUE_SWEEP_INTERVAL, |actor, _| actor.sweep_queue());
+        ctx.run_interval(HEARTBEAT_INTERVAL, |actor, ctx| actor.heartbeat(ctx));
         self.discover(ctx);
     }
 }
@@ -534,6 +597,9 @@ impl Handler<Run> for CardActor {
     fn handle(&mut self, msg: Run, ctx: &mut Self::Context) -> Self::Result {
         let fail = |e| -> Self::Result { Box::pin(async move { Err(e) }) };
 
+        if self.shutting_down {
+            return fail(CardError::ShuttingDown);
+        }
         if !self.is_connected() && !msg.wait_for_card {
             let reason = self
                 .last_error
@@ -581,6 +647,29 @@ impl Handler<Run> for CardActor {
                 .await
                 .unwrap_or_else(|_| Err(CardError::Lost("the card actor stopped".into())))
         })
+    }
+}
+
+impl Handler<Shutdown> for CardActor {
+    type Result = usize;
+
+    fn handle(&mut self, _: Shutdown, _: &mut Self::Context) -> usize {
+        self.shutting_down = true;
+        let mut cancelled = 0;
+        if let Link::Running { cancel, .. } = &self.link {
+            cancel.store(true, Ordering::Relaxed);
+            cancelled += 1;
+        }
+        for job in self.queue.drain(..) {
+            let _ = self.events.send(CardEvent {
+                operation: Some(job.id),
+                kind: CardEventKind::Done,
+            });
+            let _ = job.reply.send(Err(CardError::ShuttingDown));
+            cancelled += 1;
+        }
+        tracing::info!(cancelled, "card operations cancelled for shutdown");
+        cancelled
     }
 }
 

@@ -13,12 +13,14 @@
 //! twice.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use actix::prelude::*;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::error::ApiError;
+use crate::metrics::ServerMetrics;
 
 /// Increments that may wait for the next batch before new ones are
 /// rejected. Each waiting increment is an open HTTP request, so this only
@@ -56,6 +58,9 @@ pub struct CounterStats {
     pub failed_batches: u64,
     /// Increments waiting for the next batch.
     pub waiting: usize,
+    /// Whether the store is open; it closes after [`Close`] or a failed
+    /// store task.
+    pub open: bool,
 }
 
 /// Error of an increment that returned no value.
@@ -129,6 +134,8 @@ pub struct CounterActor {
     /// Replies owed to [`Close`] requests once the batch in flight ends.
     closing: Vec<oneshot::Sender<()>>,
     stats: CounterStats,
+    /// Where batch sizes are recorded, when the server exports metrics.
+    metrics: Option<Arc<ServerMetrics>>,
 }
 
 impl Handler<Increment> for CounterActor {
@@ -152,6 +159,7 @@ impl Handler<Stats> for CounterActor {
         MessageResult(CounterStats {
             value: self.value,
             waiting: self.waiting.len(),
+            open: !matches!(self.store, StoreState::Closed),
             ..self.stats
         })
     }
@@ -208,7 +216,14 @@ impl CounterActor {
             max_waiting: MAX_WAITING,
             closing: Vec::new(),
             stats: CounterStats::default(),
+            metrics: None,
         })
+    }
+
+    /// Records the size of each durable batch in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<ServerMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Sets how many increments may wait for the next batch.
@@ -286,6 +301,9 @@ impl CounterActor {
                 self.stats.batches += 1;
                 self.stats.increments += size;
                 self.stats.largest_batch = self.stats.largest_batch.max(size);
+                if let Some(metrics) = &self.metrics {
+                    metrics.batch_sizes.observe(size);
+                }
                 tracing::debug!(first, last, size, "counter batch durable");
 
                 // A waiter whose client has gone loses its value. Values

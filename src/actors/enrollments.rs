@@ -185,10 +185,17 @@ impl EnrollmentsActor {
 
     /// Opens the store and starts the actor on a thread of its own.
     pub fn start(path: PathBuf) -> Result<Addr<EnrollmentsActor>, EnrollmentError> {
-        // Open once here so that a bad path fails at start, then hand the
-        // handles to the actor thread (sled handles are cheap clones).
-        let opened = Self::open(&path)?;
-        let (db, users, credentials) = (opened.db, opened.users, opened.credentials);
+        let db = sled::Config::new().path(&path).open()?;
+        Self::start_with_db(db)
+    }
+
+    /// Starts the actor on a thread of its own with an open database, whose
+    /// handle the caller may share with other users of the same store.
+    pub fn start_with_db(db: sled::Db) -> Result<Addr<EnrollmentsActor>, EnrollmentError> {
+        // Open the trees here so that a damaged store fails at start, then
+        // hand the handles to the actor thread (sled handles are cheap clones).
+        let users = db.open_tree("users")?;
+        let credentials = db.open_tree("credentials")?;
         Ok(SyncArbiter::start(1, move || EnrollmentsActor {
             db: db.clone(),
             users: users.clone(),

@@ -34,7 +34,7 @@ pub struct RateLimitSettings {
     pub username_free_failures: u32,
     /// First wait after the free failures; it doubles with each failure.
     pub username_first_backoff: Duration,
-    /// Longest wait for one username.
+    /// Maximum wait for one username.
     pub username_max_backoff: Duration,
 }
 

@@ -19,7 +19,7 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// An API call that did not succeed, in words a person can act on.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
-    /// The proxy answered with an error body.
+    /// The proxy returned an error body.
     #[error("{details}")]
     Api {
         status: u16,
@@ -124,6 +124,19 @@ impl ProxyClient {
         token: Option<&str>,
         body: Option<Value>,
     ) -> Result<T, ClientError> {
+        self.call_with_headers(method, path, token, body)
+            .await
+            .map(|(value, _)| value)
+    }
+
+    /// Like `call`, and also returns the response headers.
+    async fn call_with_headers<T: DeserializeOwned>(
+        &self,
+        method: awc::http::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<(T, awc::http::header::HeaderMap), ClientError> {
         let url = format!("{}{path}", self.base);
         let mut request = self.client.request(method, &url);
         if let Some(token) = token {
@@ -138,6 +151,7 @@ impl ProxyClient {
             reason: e.to_string(),
         })?;
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let bytes = response
             .body()
             .limit(1 << 20)
@@ -160,10 +174,11 @@ impl ProxyClient {
                     .unwrap_or_else(|| format!("the proxy answered {status}")),
             });
         }
-        serde_json::from_value(value).map_err(|e| ClientError::Reply {
+        let parsed = serde_json::from_value(value).map_err(|e| ClientError::Reply {
             url,
             reason: e.to_string(),
-        })
+        })?;
+        Ok((parsed, headers))
     }
 
     pub async fn health(&self) -> Result<Value, ClientError> {
@@ -214,14 +229,42 @@ impl ProxyClient {
         .await
     }
 
+    /// Starts a login on the card; follow it with [`Self::wait_for_login`].
+    pub async fn begin_login(&self, username: &str) -> Result<String, ClientError> {
+        let reply: Value = self
+            .call(
+                awc::http::Method::POST,
+                "/op/login",
+                None,
+                Some(json!({ "username": username })),
+            )
+            .await?;
+        operation_id(&reply)
+    }
+
     pub async fn poll(&self, operation: &str) -> Result<OperationView, ClientError> {
+        self.poll_with_token(operation).await.map(|(view, _)| view)
+    }
+
+    /// Polls an operation; the second value is the session token of a
+    /// finished login, which the proxy sends once, as its session cookie.
+    async fn poll_with_token(
+        &self,
+        operation: &str,
+    ) -> Result<(OperationView, Option<String>), ClientError> {
         #[derive(Deserialize)]
         struct Reply {
             operation: OperationView,
         }
         let path = format!("/op/{}", url_escape(operation));
-        let reply: Reply = self.call(awc::http::Method::GET, &path, None, None).await?;
-        Ok(reply.operation)
+        let (reply, headers): (Reply, _) = self
+            .call_with_headers(awc::http::Method::GET, &path, None, None)
+            .await?;
+        let token = headers
+            .get_all(awc::http::header::SET_COOKIE)
+            .filter_map(|value| value.to_str().ok())
+            .find_map(session_token_of_cookie);
+        Ok((reply.operation, token))
     }
 
     pub async fn cancel(&self, operation: &str) -> Result<(), ClientError> {
@@ -236,17 +279,57 @@ impl ProxyClient {
     pub async fn wait(
         &self,
         operation: &str,
-        mut on_state: impl FnMut(&OperationView),
+        on_state: impl FnMut(&OperationView),
     ) -> Result<OperationView, ClientError> {
+        self.wait_with_token(operation, on_state)
+            .await
+            .map(|(view, _)| view)
+    }
+
+    /// Polls a login until it ends, showing each new state to `on_state`,
+    /// and returns the new session.
+    pub async fn wait_for_login(
+        &self,
+        operation: &str,
+        on_state: impl FnMut(&OperationView),
+    ) -> Result<LoginReply, ClientError> {
+        let (view, token) = self.wait_with_token(operation, on_state).await?;
+        let url = format!("{}/op/…", self.base);
+        let session_token = token.ok_or_else(|| ClientError::Reply {
+            url: url.clone(),
+            reason: "the login succeeded but the reply set no session cookie".into(),
+        })?;
+        let result = view.result.unwrap_or(Value::Null);
+        let field = |name: &str| {
+            result[name]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| ClientError::Reply {
+                    url: url.clone(),
+                    reason: format!("the finished login has no `{name}`"),
+                })
+        };
+        Ok(LoginReply {
+            username: field("username")?,
+            expires_at: field("expires_at")?,
+            session_token,
+        })
+    }
+
+    async fn wait_with_token(
+        &self,
+        operation: &str,
+        mut on_state: impl FnMut(&OperationView),
+    ) -> Result<(OperationView, Option<String>), ClientError> {
         let mut last = String::new();
         loop {
-            let view = self.poll(operation).await?;
+            let (view, token) = self.poll_with_token(operation).await?;
             if view.state != last {
                 on_state(&view);
                 last = view.state.clone();
             }
             match view.state.as_str() {
-                "succeeded" => return Ok(view),
+                "succeeded" => return Ok((view, token)),
                 "failed" | "cancelled" => {
                     let error = view.error.clone().unwrap_or(Value::Null);
                     return Err(ClientError::Api {
@@ -330,6 +413,20 @@ fn operation_id(reply: &Value) -> Result<String, ClientError> {
         })
 }
 
+/// Returns the value of a `Set-Cookie` header when it has the shape of a
+/// session token. The proxy's cookie name is configurable, so the token is
+/// recognised by its form: the one cookie a finished login sets.
+fn session_token_of_cookie(header: &str) -> Option<String> {
+    let pair = header.split(';').next()?;
+    let (_, value) = pair.split_once('=')?;
+    let value = value.trim();
+    let well_formed = value.len() == crate::actors::sessions::TOKEN_TEXT_LEN
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    well_formed.then(|| value.to_owned())
+}
+
 /// Percent-encodes everything but unreserved characters.
 fn url_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -346,6 +443,20 @@ fn url_escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_cookie_token_is_recognised_by_shape() {
+        let token = "a".repeat(crate::actors::sessions::TOKEN_TEXT_LEN);
+        let header = format!("my_session={token}; Path=/; HttpOnly; Secure; SameSite=Strict");
+        assert_eq!(session_token_of_cookie(&header), Some(token));
+        assert_eq!(
+            session_token_of_cookie("my_session=; Path=/; Max-Age=0"),
+            None,
+            "a removal cookie carries no token"
+        );
+        assert_eq!(session_token_of_cookie("other=short; Path=/"), None);
+        assert_eq!(session_token_of_cookie("no-equals-sign"), None);
+    }
 
     #[test]
     fn url_escape_keeps_unreserved_only() {

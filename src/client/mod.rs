@@ -5,6 +5,10 @@
 //! (`$XDG_CONFIG_HOME/cardgate/client.toml`, keys `proxy` and `ca`). The
 //! session token is kept in `$XDG_CONFIG_HOME/cardgate/session.json`, created
 //! with mode 0600, and is never printed.
+//!
+//! Enrollment and login follow the card operation by polling, so the person
+//! sees "confirm on the ChromeCard" while the card waits, and Ctrl-C
+//! cancels the operation on the card.
 
 use std::fs;
 use std::io::{IsTerminal, Write};
@@ -192,6 +196,23 @@ fn show_progress(view: &OperationView) {
     eprintln!("… {line}");
 }
 
+/// Awaits `wait`, a card operation being followed; on Ctrl-C cancels the
+/// operation on the proxy (the card gets CTAPHID CANCEL) instead.
+async fn cancel_on_interrupt<T>(
+    client: &ProxyClient,
+    operation: &str,
+    wait: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    tokio::select! {
+        result = wait => result,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("… cancelling the card operation");
+            client.cancel(operation).await?;
+            Err(ClientError::Setup("cancelled: the card operation was cancelled".into()))
+        }
+    }
+}
+
 /// Runs one client command; returns the process exit code.
 pub fn run(args: ClientArgs) -> std::process::ExitCode {
     let json_output = args.json;
@@ -247,7 +268,7 @@ async fn execute(args: ClientArgs) -> Result<Value, ClientError> {
             let id = client
                 .begin_enroll(&username, display_name.as_deref())
                 .await?;
-            let view = client.wait(&id, show_progress).await?;
+            let view = cancel_on_interrupt(&client, &id, client.wait(&id, show_progress)).await?;
             let user = view.result.unwrap_or(Value::Null)["user"].clone();
             if human {
                 println!(
@@ -258,12 +279,10 @@ async fn execute(args: ClientArgs) -> Result<Value, ClientError> {
             Ok(user)
         }
         ClientCommand::Login { username } => {
-            // The blocking login keeps the token out of cookies; progress is
-            // not streamed, so say once what the person must do.
-            if human {
-                eprintln!("… confirm on the ChromeCard now");
-            }
-            let reply = client.login(&username).await?;
+            let id = client.begin_login(&username).await?;
+            let reply =
+                cancel_on_interrupt(&client, &id, client.wait_for_login(&id, show_progress))
+                    .await?;
             save_session(&SavedSession {
                 proxy: client.base().to_string(),
                 username: reply.username.clone(),

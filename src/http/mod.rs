@@ -14,28 +14,16 @@ use actix_web::middleware::Next;
 use actix_web::web::Bytes;
 use actix_web::{web, HttpMessage, HttpRequest};
 use futures_util::Stream;
-use tracing::Instrument;
 
 use crate::error::ApiError;
 
+pub mod portal;
+pub mod probes;
 pub mod proxy;
+pub mod request;
 pub mod server;
 
-/// The id of one request, in its tracing span and forwarded upstream.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
-
-/// Middleware: gives each request an id and runs it inside a span that
-/// carries it, so every log line of the request can be found together.
-pub async fn request_span(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let id = format!("{:016x}", rand::random::<u64>());
-    let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.path());
-    req.extensions_mut().insert(RequestId(id));
-    next.call(req).instrument(span).await
-}
+pub use request::RequestId;
 
 /// Time a client has to send a request's whole body after its head, from
 /// `http.body_timeout_ms`. Read from app data by [`body_deadline`].
@@ -150,7 +138,7 @@ pub fn query_config() -> web::QueryConfig {
     })
 }
 
-/// Answers requests for paths that do not exist.
+/// Rejects requests for paths that do not exist with a JSON 404.
 pub async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::NotFound(format!(
         "no endpoint {} {}; see the API list in the README",

@@ -4,6 +4,8 @@
 //! Routes:
 //! - `GET /health` returns `{"ok":true,"role":"server","version":…,"counter":{…}}`
 //!   with the counter's statistics.
+//! - `GET /ready` answers 200 while the counter store is open and 503 with
+//!   the failing part otherwise (see `http::probes`).
 //! - `POST /resource/counter` returns `{"ok":true,"value":N}` once `N` is
 //!   durable. The request body is ignored but may not exceed
 //!   `http.max_body_bytes`.
@@ -11,31 +13,32 @@
 //! Every client must present a certificate signed by `tls.client_ca`;
 //! without one the TLS handshake fails before any request is read.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use actix::{Actor, Addr, MailboxError};
 use actix_rt::task::JoinHandle;
-use actix_web::dev::{Server, ServerHandle, Service as _};
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::dev::{Server, ServerHandle};
 use actix_web::http::KeepAlive;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use futures_util::StreamExt as _;
 use serde::Serialize;
-use tracing::Instrument as _;
 
 use crate::actors::counter::{Close, CounterActor, CounterStats, Increment, Stats};
 use crate::config::ServerConfig;
 use crate::error::{ApiError, StartError};
+use crate::http::request::Tracking;
+use crate::metrics::listener::{MetricsListener, Scrape};
+use crate::metrics::{RouteTable, ServerGauges, ServerMetrics};
 
-/// Header that carries the request id. The server reuses an id sent by the
-/// proxy, so that both roles log the same id, and returns it in responses.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub use crate::http::request::{MAX_REQUEST_ID_LEN, REQUEST_ID_HEADER};
 
-/// Maximum length of a request id accepted from a client. Longer ones are
-/// replaced.
-pub const MAX_REQUEST_ID_LEN: usize = 64;
+/// Route patterns of the server, the `route` label of its request metrics.
+pub const ROUTE_PATTERNS: &[&str] = &["/health", "/ready", "/resource/counter"];
 
 /// A started server. It accepts connections only while `server` is polled:
 /// await [`RunningServer::wait`], or call [`RunningServer::spawn`] to run
@@ -44,18 +47,46 @@ pub const MAX_REQUEST_ID_LEN: usize = 64;
 pub struct RunningServer {
     /// The bound address, with the real port when the config asked for port 0.
     pub addr: SocketAddr,
+    /// The bound metrics address, when `metrics.listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub server: Server,
     /// The counter actor, for its statistics and for closing the store.
     pub counter: Addr<CounterActor>,
+    pub metrics: Arc<ServerMetrics>,
+    metrics_listener: Option<MetricsListener>,
+    shutdown_timeout: Duration,
 }
 
 impl RunningServer {
-    /// Runs the server until it stops, then closes the counter store.
+    /// Runs the server until it stops, then closes the metrics listener and
+    /// the counter store.
     pub async fn wait(self) -> io::Result<()> {
         let result = self.server.await;
+        if let Some(listener) = self.metrics_listener {
+            listener.stop().await;
+        }
         self.counter.send(Close).await.ok();
-        tracing::info!(addr = %self.addr, "server stopped");
+        tracing::info!(addr = %self.addr, "server stopped; counter store closed");
         result
+    }
+
+    /// Serves until `stop` resolves (with the reason, such as a signal's
+    /// name), then stops accepting connections, gives open requests up to
+    /// `http.shutdown_timeout_s`, and closes the metrics listener and the
+    /// counter store (which flushes it).
+    pub async fn run_until(self, stop: impl Future<Output = &'static str>) -> io::Result<()> {
+        let handle = self.server.handle();
+        let timeout = self.shutdown_timeout;
+        let serving = self.wait();
+        let mut serving = std::pin::pin!(serving);
+        tokio::select! {
+            result = &mut serving => result,
+            reason = stop => {
+                tracing::info!(reason, ?timeout, "stopping: no new connections; open requests may finish");
+                let ((), result) = tokio::join!(handle.stop(true), serving);
+                result
+            }
+        }
     }
 
     /// Runs the server on a task of the current arbiter.
@@ -103,16 +134,32 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     .map_err(|error| StartError::Tls(error.to_string()))?;
 
     // 2. The counter store.
+    let metrics = Arc::new(ServerMetrics::new(RouteTable::new(ROUTE_PATTERNS)));
     let counter = CounterActor::open(&config.store.path)
         .map_err(|error| StartError::Store {
             path: config.store.path.display().to_string(),
             reason: error.to_string(),
         })?
+        .with_metrics(metrics.clone())
         .start();
 
-    // 3. The HTTP listener.
+    // 3. The metrics listener, when configured.
+    let metrics_listener = match config.metrics.listen {
+        Some(listen) => Some(MetricsListener::start(
+            listen,
+            server_scrape(metrics.clone(), counter.clone()),
+        )?),
+        None => None,
+    };
+
+    // 4. The HTTP listener. The proxy is the only client, so its request
+    //    ids are reused.
     let http = config.http.clone();
     let counter_data = web::Data::new(counter.clone());
+    let tracking = web::Data::new(Tracking {
+        observer: metrics.clone(),
+        trust_incoming_id: true,
+    });
     let body_limit = web::Data::new(BodyLimit(http.max_body_bytes));
     let body_timeout = crate::http::BodyTimeout(http.body_timeout());
     let keep_alive = match http.keep_alive_s {
@@ -125,35 +172,19 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             .app_data(counter_data.clone())
             .app_data(body_limit.clone())
             .app_data(body_timeout)
+            .app_data(tracking.clone())
             .wrap(from_fn(crate::http::body_deadline))
-            .wrap_fn(|request, service| {
-                let id = request_id(request.request());
-                let span = tracing::info_span!(
-                    "request",
-                    id = %id,
-                    method = %request.method(),
-                    path = %request.path(),
-                );
-                let response = span.in_scope(|| service.call(request));
-                async move {
-                    let mut response = response.await?;
-                    tracing::debug!(status = response.status().as_u16(), "request finished");
-                    if let Ok(value) = HeaderValue::from_str(&id) {
-                        response
-                            .headers_mut()
-                            .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
-                    }
-                    Ok(response)
-                }
-                .instrument(span)
-            })
+            .wrap(from_fn(crate::http::request::track))
             .configure(routes)
     })
     .keep_alive(keep_alive)
     .client_request_timeout(http.client_request_timeout())
     .tls_handshake_timeout(http.client_request_timeout())
     .shutdown_timeout(http.shutdown_timeout_s)
-    .max_connections(http.max_connections);
+    .max_connections(http.max_connections)
+    // `run_until` handles SIGTERM and SIGINT; actix's own handler would
+    // stop at once on SIGINT.
+    .disable_signals();
     if http.workers > 0 {
         builder = builder.workers(http.workers);
     }
@@ -173,8 +204,31 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
 
     Ok(RunningServer {
         addr,
+        metrics_addr: metrics_listener.as_ref().map(|m| m.addr),
         server,
         counter,
+        metrics,
+        metrics_listener,
+        shutdown_timeout: http.shutdown_timeout(),
+    })
+}
+
+/// Renders the server's metrics with the counter's current values.
+fn server_scrape(metrics: Arc<ServerMetrics>, counter: Addr<CounterActor>) -> Scrape {
+    Arc::new(move || {
+        let (metrics, counter) = (metrics.clone(), counter.clone());
+        Box::pin(async move {
+            let mut gauges = ServerGauges::default();
+            match counter.send(Stats).await {
+                Ok(stats) => {
+                    gauges.value = stats.value;
+                    gauges.waiting = stats.waiting as u64;
+                    gauges.failed_batches = stats.failed_batches;
+                }
+                Err(e) => tracing::warn!(error = %e, "metrics: the counter actor did not answer"),
+            }
+            metrics.render(&gauges)
+        })
     })
 }
 
@@ -187,6 +241,11 @@ fn routes(config: &mut web::ServiceConfig) {
         .service(
             web::resource("/health")
                 .route(web::get().to(health))
+                .default_service(web::to(|request: HttpRequest| wrong_method(request, "GET"))),
+        )
+        .service(
+            web::resource("/ready")
+                .route(web::get().to(crate::http::probes::server_ready))
                 .default_service(web::to(|request: HttpRequest| wrong_method(request, "GET"))),
         )
         .service(
@@ -236,7 +295,7 @@ async fn increment(
 
 async fn not_found(request: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound(format!(
-        "no route for {} {}; the server serves GET /health and POST /resource/counter",
+        "no route for {} {}; the server serves GET /health, GET /ready and POST /resource/counter",
         request.method(),
         crate::http::shown_path(request.path())
     )))
@@ -271,24 +330,4 @@ async fn discard_body(mut body: web::Payload, limit: usize) -> Result<(), ApiErr
 
 fn counter_gone(error: MailboxError) -> ApiError {
     ApiError::Unavailable(format!("the counter is not running: {error}"))
-}
-
-/// Returns the client's request id if it has 1 to [`MAX_REQUEST_ID_LEN`]
-/// letters, digits, `-` or `_`, and a new random id otherwise.
-fn request_id(request: &HttpRequest) -> String {
-    let sent = request
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .filter(|id| {
-            !id.is_empty()
-                && id.len() <= MAX_REQUEST_ID_LEN
-                && id
-                    .bytes()
-                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
-        });
-    match sent {
-        Some(id) => id.to_owned(),
-        None => format!("{:016x}", rand::random::<u64>()),
-    }
 }

@@ -195,6 +195,8 @@ key = "certs/server.key"
 client_ca = "certs/ca.crt"
 [store]
 path = "{store}"
+[metrics]
+listen = ""
 {extra}
 "#,
             port = self.server_port,
@@ -226,6 +228,8 @@ path = "{store}"
 [webauthn]
 rp_id = "localhost"
 origin = "https://localhost:{proxy}"
+[metrics]
+listen = ""
 {extra}
 "#,
             proxy = self.proxy_port,

@@ -16,6 +16,8 @@ use std::time::Duration;
 use cardgate::certs::{self, InitOptions};
 use cardgate::config::{ServerConfig, ServerTls, Store};
 
+pub mod process;
+
 /// Timeout of one request from a test client, so that a hung server fails
 /// the test instead of blocking it.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);

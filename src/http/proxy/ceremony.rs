@@ -8,6 +8,7 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::Addr;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -15,18 +16,20 @@ use base64::Engine;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::actors::card::{CardActor, CardOperation, CardReply, Run};
+use crate::actors::card::{CardActor, CardError, CardOperation, CardReply, Run};
 use crate::actors::enrollments::{
     Credential, EnrollmentError, EnrollmentsActor, Lookup, RecordSignCount, Register, Release,
     Reserve, User,
 };
 use crate::ctap::attestation::{self, AttestationType};
+use crate::ctap::auth_data::AuthenticatorData;
 use crate::ctap::cose::CoseKey;
 use crate::ctap::get_assertion::GetAssertionRequest;
 use crate::ctap::make_credential::MakeCredentialRequest;
 use crate::ctap::verify::verify_assertion;
 use crate::domain::Username;
 use crate::error::ApiError;
+use crate::metrics::{CardOperationKind, ProxyMetrics};
 use crate::rng::os_random;
 
 /// The relying party as configured; never taken from request headers.
@@ -54,11 +57,12 @@ impl RelyingParty {
     }
 }
 
-/// What a ceremony needs from the rest of the proxy.
+/// The actors and settings a ceremony uses.
 pub struct Ceremony<'a> {
     pub rp: &'a RelyingParty,
     pub card: &'a Addr<CardActor>,
     pub enrollments: &'a Addr<EnrollmentsActor>,
+    pub metrics: &'a ProxyMetrics,
     /// Id for the card events of this ceremony.
     pub operation_id: u64,
     pub cancel: Arc<AtomicBool>,
@@ -103,10 +107,80 @@ pub fn store_error(e: EnrollmentError) -> ApiError {
 }
 
 fn mailbox(e: actix::MailboxError) -> ApiError {
-    ApiError::Unavailable(format!("an internal actor did not answer: {e}"))
+    ApiError::Unavailable(format!("an internal actor did not respond: {e}"))
+}
+
+/// The outcome label of a failed card operation in the metrics.
+fn card_outcome(error: &CardError) -> &'static str {
+    match error {
+        CardError::NotConnected(_) => "not_connected",
+        CardError::QueueFull { .. } => "queue_full",
+        CardError::AlreadyWaiting(_) => "already_waiting",
+        CardError::Denied => "denied",
+        CardError::Timeout(_) => "timeout",
+        CardError::Cancelled => "cancelled",
+        CardError::NoCredentials => "no_credentials",
+        CardError::Status(_) => "status",
+        CardError::Protocol(_) => "protocol",
+        CardError::Lost(_) => "lost",
+        CardError::ShuttingDown => "shutting_down",
+    }
 }
 
 impl Ceremony<'_> {
+    /// Sends one operation to the card on behalf of `username` and
+    /// records its outcome and duration.
+    async fn run_on_card(
+        &self,
+        username: &Username,
+        operation: CardOperation,
+        wait_for_card: bool,
+    ) -> Result<CardReply, ApiError> {
+        let kind = match operation {
+            CardOperation::MakeCredential(_) => CardOperationKind::MakeCredential,
+            CardOperation::GetAssertion(_) => CardOperationKind::GetAssertion,
+        };
+        let run = Run {
+            id: self.operation_id,
+            operation,
+            owner: Some(username.as_str().to_string()),
+            cancel: self.cancel.clone(),
+            wait_for_card,
+        };
+        let started = Instant::now();
+        let result = self.card.send(run).await;
+        let outcome = match &result {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(error)) => card_outcome(error),
+            Err(_) => "internal",
+        };
+        self.metrics.card.observe(kind, outcome, started.elapsed());
+        Ok(result.map_err(mailbox)??)
+    }
+
+    /// Checks what both ceremonies require of authenticatorData: our
+    /// rpIdHash, the UP flag, and the UV flag when it is configured.
+    fn check_auth_data(&self, auth_data: &AuthenticatorData) -> Result<(), ApiError> {
+        if auth_data.rp_id_hash != self.rp.id_hash {
+            return Err(ApiError::CardFailed(format!(
+                "the card signed for another relying party (rpIdHash {}, expected SHA-256 of {:?})",
+                hex::encode(auth_data.rp_id_hash),
+                self.rp.id
+            )));
+        }
+        if !auth_data.flags.up() {
+            return Err(ApiError::CardFailed(
+                "the card did not report user presence (UP flag clear)".into(),
+            ));
+        }
+        if self.rp.user_verification && !auth_data.flags.uv() {
+            return Err(ApiError::CardFailed(
+                "the card did not verify the user (UV flag clear) although webauthn.user_verification is on".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Creates a credential on the card for a new user and stores it.
     pub async fn enroll(&self, username: Username, display_name: String) -> Result<User, ApiError> {
         // 1. Claim the name so that a second enrollment cannot reach the card.
@@ -151,19 +225,11 @@ impl Ceremony<'_> {
             uv: self.rp.user_verification,
         };
         let reply = self
-            .card
-            .send(Run {
-                id: self.operation_id,
-                operation: CardOperation::MakeCredential(request),
-                owner: Some(username.as_str().to_string()),
-                cancel: self.cancel.clone(),
-                wait_for_card: false,
-            })
-            .await
-            .map_err(mailbox)??;
+            .run_on_card(username, CardOperation::MakeCredential(request), false)
+            .await?;
         let CardReply::MakeCredential(response) = reply else {
             return Err(ApiError::Internal(
-                "the card actor answered makeCredential with another reply".into(),
+                "the card actor returned another reply to makeCredential".into(),
             ));
         };
 
@@ -173,23 +239,7 @@ impl Ceremony<'_> {
 
         // 5. rpIdHash must be ours, UP must be set, and UV when configured.
         let auth_data = &response.auth_data;
-        if auth_data.rp_id_hash != self.rp.id_hash {
-            return Err(ApiError::CardFailed(format!(
-                "the card signed for another relying party (rpIdHash {}, expected SHA-256 of {:?})",
-                hex::encode(auth_data.rp_id_hash),
-                self.rp.id
-            )));
-        }
-        if !auth_data.flags.up() {
-            return Err(ApiError::CardFailed(
-                "the card did not report user presence (UP flag clear)".into(),
-            ));
-        }
-        if self.rp.user_verification && !auth_data.flags.uv() {
-            return Err(ApiError::CardFailed(
-                "the card did not verify the user (UV flag clear) although webauthn.user_verification is on".into(),
-            ));
-        }
+        self.check_auth_data(auth_data)?;
 
         // 6. The new credential and its public key.
         let Some(attested) = &auth_data.attested else {
@@ -255,19 +305,11 @@ impl Ceremony<'_> {
             uv: self.rp.user_verification,
         };
         let reply = self
-            .card
-            .send(Run {
-                id: self.operation_id,
-                operation: CardOperation::GetAssertion(request),
-                owner: Some(username.as_str().to_string()),
-                cancel: self.cancel.clone(),
-                wait_for_card: true,
-            })
-            .await
-            .map_err(mailbox)??;
+            .run_on_card(username, CardOperation::GetAssertion(request), true)
+            .await?;
         let CardReply::GetAssertion(response) = reply else {
             return Err(ApiError::Internal(
-                "the card actor answered getAssertion with another reply".into(),
+                "the card actor returned another reply to getAssertion".into(),
             ));
         };
 
@@ -279,29 +321,12 @@ impl Ceremony<'_> {
             (None, _) => None,
         }
         .ok_or_else(|| {
-            ApiError::CardFailed(
-                "the card answered with a credential that is not this user's".into(),
-            )
+            ApiError::CardFailed("the card returned a credential that is not this user's".into())
         })?;
 
-        // 5. rpIdHash, UP, and UV when configured.
+        // 5. rpIdHash must be ours, UP must be set, and UV when configured.
         let auth_data = &response.auth_data;
-        if auth_data.rp_id_hash != self.rp.id_hash {
-            return Err(ApiError::CardFailed(format!(
-                "the assertion is for another relying party (rpIdHash {})",
-                hex::encode(auth_data.rp_id_hash)
-            )));
-        }
-        if !auth_data.flags.up() {
-            return Err(ApiError::CardFailed(
-                "the card did not report user presence (UP flag clear)".into(),
-            ));
-        }
-        if self.rp.user_verification && !auth_data.flags.uv() {
-            return Err(ApiError::CardFailed(
-                "the card did not verify the user (UV flag clear) although webauthn.user_verification is on".into(),
-            ));
-        }
+        self.check_auth_data(auth_data)?;
 
         // 6. The signature over authenticatorData ‖ clientDataHash with the
         //    stored public key.

@@ -1,12 +1,17 @@
-//! The k_proxy role: starts the card, enrollment, session and upstream
-//! actors and serves the JSON API over TLS.
+//! The k_proxy role: starts the card, enrollment, session, upstream and
+//! audit actors, serves the JSON API over TLS, serves audit queries on a
+//! Unix socket and metrics on a loopback listener, and stops all of it in
+//! order.
 
+use std::future::Future;
+use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Actor;
+use actix::{Actor, Addr};
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
@@ -14,36 +19,144 @@ use actix_web::middleware::{from_fn, DefaultHeaders, Next};
 use actix_web::{web, App, HttpServer};
 use tokio::sync::broadcast;
 
-use crate::actors::card::{CardActor, CardSettings, EVENT_CAPACITY};
+use crate::actors::audit::{record_card_events, Audit, AuditActor};
+use crate::actors::card::{self, CardActor, CardSettings, GetHealth, EVENT_CAPACITY};
 use crate::actors::enrollments::EnrollmentsActor;
 use crate::actors::operations::OperationsActor;
 use crate::actors::ratelimit::{RateLimitActor, RateLimitSettings};
-use crate::actors::sessions::{SessionSettings, SessionsActor};
+use crate::actors::sessions::{self, SessionSettings, SessionsActor};
 use crate::actors::upstream::{UpstreamActor, UpstreamSettings};
+use crate::audit::socket::AuditSocket;
+use crate::audit::{AuditAction, AuditEvent};
 use crate::config::{ConfigError, ProxyConfig};
 use crate::ctap::device::Timing;
 use crate::ctap::sim::authenticator::SimAuthenticator;
 use crate::ctap::sim::engine::Presence;
 use crate::ctap::transport::{self, DeviceSpec, SimCard, SimHandle};
 use crate::error::{ApiError, StartError};
+use crate::http::request::Tracking;
+use crate::metrics::listener::{MetricsListener, Scrape};
+use crate::metrics::{ProxyGauges, ProxyMetrics, RouteTable};
 
 pub mod ceremony;
 pub mod routes;
 
 pub use routes::ProxyState;
 
-/// A started proxy. Awaiting `server` runs it until it is stopped.
+/// Route patterns of the proxy, the `route` label of its request metrics.
+/// A path that matches none is counted as `other`. `/op/enroll` and
+/// `/op/login` come before `/op/{id}`, which would match them too.
+pub const ROUTE_PATTERNS: &[&str] = &[
+    "/health",
+    "/ready",
+    "/enroll/register",
+    "/enroll/status",
+    "/enroll/update",
+    "/enroll/delete",
+    "/enroll/list",
+    "/session/login",
+    "/session/status",
+    "/session/logout",
+    "/resource/counter",
+    "/op/enroll",
+    "/op/login",
+    "/op/{id}",
+    "/op/{id}/cancel",
+    "/",
+    "/app.js",
+    "/style.css",
+    "/favicon.svg",
+];
+
+/// A started proxy. [`RunningProxy::run_until`] serves until a stop
+/// signal and then shuts everything down in order.
 pub struct RunningProxy {
     pub addr: SocketAddr,
+    /// The bound metrics address, when `metrics.listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub server: Server,
     pub card: actix::Addr<CardActor>,
     /// The in-process simulated card, when `card.device` is `sim`; tests use
     /// it to unplug and replug the card.
     pub sim: Option<SimHandle>,
+    pub audit: Audit,
+    pub metrics: Arc<ProxyMetrics>,
+    /// Path of the audit query socket.
+    pub audit_socket: PathBuf,
+    teardown: Teardown,
+}
+
+/// What a stop closes after the HTTP server has stopped.
+struct Teardown {
+    db: sled::Db,
+    socket: AuditSocket,
+    metrics: Option<MetricsListener>,
+    shutdown_timeout: Duration,
+}
+
+impl RunningProxy {
+    /// Serves until `stop` resolves (with the reason, such as a signal's
+    /// name) or the server stops by itself, then stops in order:
+    ///
+    /// 1. cancel the card's pending operations and reject new ones, so that
+    ///    requests waiting for a person end at once with 503;
+    /// 2. stop accepting connections and give open requests up to
+    ///    `http.shutdown_timeout_s`;
+    /// 3. close the metrics listener and the audit socket;
+    /// 4. record the stop in the audit trail and flush the sled store.
+    pub async fn run_until(self, stop: impl Future<Output = &'static str>) -> io::Result<()> {
+        let RunningProxy {
+            addr,
+            server,
+            card,
+            audit,
+            teardown,
+            ..
+        } = self;
+        let handle = server.handle();
+        let mut server = std::pin::pin!(server);
+
+        // 1 and 2.
+        let result = tokio::select! {
+            result = &mut server => result,
+            reason = stop => {
+                tracing::info!(
+                    reason,
+                    timeout = ?teardown.shutdown_timeout,
+                    "stopping: no new connections; open requests may finish"
+                );
+                if let Err(e) = card.send(card::Shutdown).await {
+                    tracing::warn!(error = %e, "the card actor did not answer the shutdown");
+                }
+                let ((), result) = tokio::join!(handle.stop(true), server);
+                result
+            }
+        };
+
+        // 3.
+        if let Some(metrics) = teardown.metrics {
+            metrics.stop().await;
+        }
+        teardown.socket.close();
+
+        // 4.
+        audit.record(AuditEvent::success(AuditAction::Stop).details(format!("listened on {addr}")));
+        if let Err(e) = audit.flush().await {
+            tracing::error!(error = %e, "flushing the audit trail failed");
+        }
+        let db = teardown.db;
+        let flushed = actix_rt::task::spawn_blocking(move || db.flush()).await;
+        match flushed {
+            Ok(Ok(_)) => tracing::info!(%addr, "proxy stopped; store flushed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "flushing the store failed"),
+            Err(e) => tracing::error!(error = %e, "the store flush task failed"),
+        }
+        result
+    }
 }
 
 /// Response headers on every reply: no sniffing, no framing, no referrer,
-/// no caching of API answers.
+/// no caching of API responses.
 fn security_headers() -> DefaultHeaders {
     DefaultHeaders::new()
         .add(("X-Content-Type-Options", "nosniff"))
@@ -137,6 +250,9 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
     let connector = transport::connector(&spec, sim.clone())
         .map_err(|e| bad_key("card.device", e.to_string()))?;
     let (events, _) = broadcast::channel(EVENT_CAPACITY);
+    // Subscribed before the card actor starts, so that the trail has the
+    // first `card_connected`.
+    let card_events = events.subscribe();
     let timing = Timing {
         idle_timeout: Duration::from_millis(config.card.idle_timeout_ms),
         ..Timing::default()
@@ -154,12 +270,28 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
     )
     .start_supervised();
 
-    // Stores and sessions.
+    // The store: one sled database shared by the enrollments and the audit
+    // trail, because sled lets one process open it.
+    let store_error = |reason: String| StartError::Store {
+        path: config.store.path.display().to_string(),
+        reason,
+    };
+    let db = sled::Config::new()
+        .path(&config.store.path)
+        .open()
+        .map_err(|e| store_error(e.to_string()))?;
     let enrollments =
-        EnrollmentsActor::start(config.store.path.clone()).map_err(|e| StartError::Store {
-            path: config.store.path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        EnrollmentsActor::start_with_db(db.clone()).map_err(|e| store_error(e.to_string()))?;
+    let audit = AuditActor::start(db.clone()).map_err(|e| store_error(e.to_string()))?;
+    audit.record(AuditEvent::success(AuditAction::Start).details(format!(
+        "cardgate {} on {}, card {}",
+        env!("CARGO_PKG_VERSION"),
+        config.listen,
+        config.card.device
+    )));
+    record_card_events(card_events, audit.clone());
+    let audit_socket = AuditSocket::bind(&config.store.path, audit.clone())?;
+
     let sessions = SessionsActor::new(SessionSettings {
         idle_timeout: Duration::from_secs(config.session.idle_timeout_s),
         lifetime: Duration::from_secs(config.session.lifetime_s),
@@ -184,6 +316,14 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
         username_max_backoff: Duration::from_secs(config.limits.username_max_backoff_s),
     })
     .start();
+    let metrics = Arc::new(ProxyMetrics::new(RouteTable::new(ROUTE_PATTERNS)));
+    let metrics_listener = match config.metrics.listen {
+        Some(listen) => Some(MetricsListener::start(
+            listen,
+            proxy_scrape(metrics.clone(), card.clone(), sessions.clone()),
+        )?),
+        None => None,
+    };
 
     let state = web::Data::new(ProxyState {
         operations,
@@ -202,6 +342,12 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
         cookie_name: config.session.cookie_name.clone(),
         session_lifetime: Duration::from_secs(config.session.lifetime_s),
         next_operation: AtomicU64::new(1),
+        audit: audit.clone(),
+        metrics: metrics.clone(),
+    });
+    let tracking = web::Data::new(Tracking {
+        observer: metrics.clone(),
+        trust_incoming_id: false,
     });
 
     // The HTTP listener.
@@ -217,21 +363,27 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
     let mut builder = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(tracking.clone())
             .app_data(crate::http::json_config(http.max_body_bytes))
             .app_data(crate::http::query_config())
             .app_data(crate::http::BodyTimeout(http.body_timeout()))
             .wrap(from_fn(crate::http::body_deadline))
             .wrap(from_fn(same_origin))
             .wrap(security_headers())
-            .wrap(from_fn(crate::http::request_span))
+            .wrap(from_fn(crate::http::request::track))
+            .route("/ready", web::get().to(crate::http::probes::proxy_ready))
             .configure(routes::configure)
+            .configure(crate::http::portal::configure)
             .default_service(web::to(crate::http::not_found))
     })
     .keep_alive(Duration::from_secs(config.http.keep_alive_s))
     .client_request_timeout(config.http.client_request_timeout())
     .tls_handshake_timeout(config.http.client_request_timeout())
     .shutdown_timeout(config.http.shutdown_timeout_s)
-    .max_connections(config.http.max_connections);
+    .max_connections(config.http.max_connections)
+    // `run_until` handles SIGTERM and SIGINT; actix's own handler would
+    // stop at once on SIGINT.
+    .disable_signals();
     if config.http.workers > 0 {
         builder = builder.workers(config.http.workers);
     }
@@ -246,8 +398,46 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
 
     Ok(RunningProxy {
         addr,
+        metrics_addr: metrics_listener.as_ref().map(|m| m.addr),
         server,
         card,
         sim,
+        audit,
+        metrics,
+        audit_socket: audit_socket.path().to_path_buf(),
+        teardown: Teardown {
+            db,
+            socket: audit_socket,
+            metrics: metrics_listener,
+            shutdown_timeout: config.http.shutdown_timeout(),
+        },
+    })
+}
+
+/// Renders the proxy's metrics with the card's and the sessions' current
+/// values.
+fn proxy_scrape(
+    metrics: Arc<ProxyMetrics>,
+    card: Addr<CardActor>,
+    sessions: Addr<SessionsActor>,
+) -> Scrape {
+    Arc::new(move || {
+        let (metrics, card, sessions) = (metrics.clone(), card.clone(), sessions.clone());
+        Box::pin(async move {
+            let mut gauges = ProxyGauges::default();
+            match card.send(GetHealth).await {
+                Ok(health) => {
+                    gauges.card_connected = health.state != "disconnected";
+                    gauges.card_restarts = u64::from(health.restarts);
+                    gauges.card_queued = health.queued as u64;
+                }
+                Err(e) => tracing::warn!(error = %e, "metrics: the card actor did not answer"),
+            }
+            match sessions.send(sessions::Count).await {
+                Ok(count) => gauges.sessions = count as u64,
+                Err(e) => tracing::warn!(error = %e, "metrics: the sessions actor did not answer"),
+            }
+            metrics.render(&gauges)
+        })
     })
 }

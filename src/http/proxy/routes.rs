@@ -12,17 +12,20 @@ use serde_json::json;
 use tokio::sync::broadcast;
 
 use super::ceremony::{store_error, Ceremony, RelyingParty};
+use crate::actors::audit::Audit;
 use crate::actors::card::{CardActor, CardEvent, GetHealth};
 use crate::actors::enrollments::{Delete, EnrollmentsActor, List, Lookup, Update, User};
 use crate::actors::operations::{self, OperationKind, OperationsActor, Outcome};
 use crate::actors::ratelimit::{self, RateLimitActor};
 use crate::actors::sessions::{self, IssuedSession, SessionError, SessionInfo, SessionsActor};
 use crate::actors::upstream::{IncrementCounter, UpstreamActor};
+use crate::audit::{AuditAction, AuditEvent};
 use crate::domain::{parse_display_name, Username};
 use crate::error::ApiError;
 use crate::http::RequestId;
+use crate::metrics::ProxyMetrics;
 
-/// Everything the handlers share. Actors own the state; this holds their
+/// Everything the handlers share. Actors own the state; this contains their
 /// addresses and the settings read from config.
 pub struct ProxyState {
     pub sessions: Addr<SessionsActor>,
@@ -36,6 +39,8 @@ pub struct ProxyState {
     pub cookie_name: String,
     pub session_lifetime: Duration,
     pub next_operation: AtomicU64,
+    pub audit: Audit,
+    pub metrics: Arc<ProxyMetrics>,
 }
 
 type State = web::Data<ProxyState>;
@@ -58,7 +63,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 fn mailbox(e: actix::MailboxError) -> ApiError {
-    ApiError::Unavailable(format!("an internal actor did not answer: {e}"))
+    ApiError::Unavailable(format!("an internal actor did not respond: {e}"))
 }
 
 /// RFC 3339 UTC time, as used in every JSON reply.
@@ -101,6 +106,7 @@ impl ProxyState {
             rp: &self.rp,
             card: &self.card,
             enrollments: &self.enrollments,
+            metrics: &self.metrics,
             operation_id,
             cancel,
         }
@@ -145,6 +151,54 @@ impl ProxyState {
         self.admit(peer, username).await?;
         let result = attempt.await;
         self.report(username, &result);
+        result
+    }
+
+    /// Runs the enrollment ceremony and records its outcome in the audit
+    /// trail.
+    async fn enroll_user(
+        &self,
+        username: Username,
+        display_name: String,
+        operation_id: u64,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<User, ApiError> {
+        let name = username.as_str().to_owned();
+        let result = self
+            .ceremony(operation_id, cancel)
+            .enroll(username, display_name)
+            .await;
+        self.audit.record(match &result {
+            Ok(_) => AuditEvent::success(AuditAction::Enroll).user(name),
+            Err(e) => AuditEvent::failure(AuditAction::Enroll, e.code())
+                .user(name)
+                .details(e.to_string()),
+        });
+        result
+    }
+
+    /// Runs the login ceremony, issues a session and records the outcome
+    /// in the audit trail.
+    async fn log_in(
+        &self,
+        username: Username,
+        operation_id: u64,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<IssuedSession, ApiError> {
+        let name = username.as_str().to_owned();
+        let verified = self.ceremony(operation_id, cancel).login(&username).await;
+        let result = match verified {
+            Ok(()) => self.issue_session(username).await,
+            Err(e) => Err(e),
+        };
+        self.audit.record(match &result {
+            Ok(issued) => AuditEvent::success(AuditAction::Login)
+                .user(name)
+                .session(issued.info.hash_prefix.clone()),
+            Err(e) => AuditEvent::failure(AuditAction::Login, e.code())
+                .user(name)
+                .details(e.to_string()),
+        });
         result
     }
 
@@ -261,9 +315,9 @@ async fn enroll_register(
     let cancel = Arc::new(AtomicBool::new(false));
     let _guard = CancelOnDrop(cancel.clone());
 
-    let ceremony = state.ceremony(state.next_operation_id(), cancel);
-    let enroll = ceremony.enroll(username.clone(), display_name);
-    let user = state.limited(peer_ip(&req), &username, enroll).await?;
+    let name = username.clone();
+    let enroll = state.enroll_user(username, display_name, state.next_operation_id(), cancel);
+    let user = state.limited(peer_ip(&req), &name, enroll).await?;
     Ok(HttpResponse::Ok().json(json!({ "ok": true, "user": user_json(&user) })))
 }
 
@@ -337,6 +391,12 @@ async fn enroll_update(
         .await
         .map_err(mailbox)?
         .map_err(store_error)?;
+    state.audit.record(
+        AuditEvent::success(AuditAction::Update)
+            .user(user.username.clone())
+            .session(session.hash_prefix.clone())
+            .details("display name changed"),
+    );
     Ok(HttpResponse::Ok().json(json!({ "ok": true, "user": user_json(&user) })))
 }
 
@@ -374,6 +434,15 @@ async fn enroll_delete(
         .await
         .map_err(mailbox)?
         .map_err(store_error)?;
+    state.audit.record(
+        AuditEvent::success(AuditAction::Delete)
+            .user(user.username.clone())
+            .session(session.hash_prefix.clone())
+            .details(format!(
+                "enrollment and {} credentials deleted",
+                user.credential_ids.len()
+            )),
+    );
     let ended = state
         .sessions
         .send(sessions::RevokeUser {
@@ -381,6 +450,13 @@ async fn enroll_delete(
         })
         .await
         .map_err(mailbox)?;
+    state.audit.record(
+        AuditEvent::success(AuditAction::Revoke)
+            .user(user.username.clone())
+            .details(format!(
+                "{ended} sessions ended because the user was deleted"
+            )),
+    );
     Ok(HttpResponse::Ok()
         .cookie(state.expired_cookie())
         .json(json!({ "ok": true, "deleted": user.username, "sessions_ended": ended })))
@@ -432,11 +508,9 @@ async fn session_login(
     let cancel = Arc::new(AtomicBool::new(false));
     let _guard = CancelOnDrop(cancel.clone());
 
-    let ceremony = state.ceremony(state.next_operation_id(), cancel);
-    state
-        .limited(peer_ip(&req), &username, ceremony.login(&username))
-        .await?;
-    let issued = state.issue_session(username).await?;
+    let name = username.clone();
+    let login = state.log_in(username, state.next_operation_id(), cancel);
+    let issued = state.limited(peer_ip(&req), &name, login).await?;
     Ok(HttpResponse::Ok()
         .cookie(state.session_cookie(&issued.token))
         .json(LoginReply {
@@ -466,6 +540,11 @@ async fn session_logout(state: State, req: HttpRequest) -> Result<HttpResponse, 
         .await
         .map_err(mailbox)?
         .map_err(session_error)?;
+    state.audit.record(
+        AuditEvent::success(AuditAction::Logout)
+            .user(info.username.clone())
+            .session(info.hash_prefix.clone()),
+    );
     Ok(HttpResponse::Ok()
         .cookie(state.expired_cookie())
         .json(json!({ "ok": true, "logged_out": info.username })))
@@ -542,8 +621,7 @@ async fn op_enroll(
         &name,
         move |state, card_id, cancel| async move {
             let result = state
-                .ceremony(card_id, cancel)
-                .enroll(username.clone(), display_name)
+                .enroll_user(username.clone(), display_name, card_id, cancel)
                 .await;
             state.report(&username, &result);
             Ok(Outcome::Enrolled(json!({ "user": user_json(&result?) })))
@@ -565,10 +643,9 @@ async fn op_login(
         OperationKind::Login,
         &name,
         move |state, card_id, cancel| async move {
-            let result = state.ceremony(card_id, cancel).login(&username).await;
+            let result = state.log_in(username.clone(), card_id, cancel).await;
             state.report(&username, &result);
-            result?;
-            let issued = state.issue_session(username).await?;
+            let issued = result?;
             Ok(Outcome::LoggedIn {
                 summary: session_json(&issued.info),
                 token: Some(issued.token),

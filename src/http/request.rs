@@ -1,0 +1,177 @@
+//! The middleware both roles put around every request: it gives the
+//! request an id, runs it inside a tracing span that carries the id, counts
+//! it in the role's HTTP metrics and returns the id in `x-request-id`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage};
+use tracing::Instrument as _;
+
+use crate::error::ApiError;
+use crate::metrics::{HttpMetrics, ProxyMetrics, ServerMetrics};
+
+/// Header that carries the request id. The proxy sends its id to k_server
+/// in it, so that both roles log the same id, and both return it in
+/// responses.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Maximum length of a request id accepted from a client. Longer ones are
+/// replaced.
+pub const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// The id of one request, in its tracing span and forwarded upstream.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// What a role records about each completed request.
+pub trait RequestObserver: Send + Sync {
+    fn http(&self) -> &HttpMetrics;
+
+    /// Called with the `ApiError` code of each failed request.
+    fn failed(&self, _code: &str) {}
+}
+
+impl RequestObserver for ProxyMetrics {
+    fn http(&self) -> &HttpMetrics {
+        &self.http
+    }
+
+    fn failed(&self, code: &str) {
+        self.upstream_error(code);
+    }
+}
+
+impl RequestObserver for ServerMetrics {
+    fn http(&self) -> &HttpMetrics {
+        &self.http
+    }
+}
+
+/// Per-role settings of [`track`], given to the app as `web::Data`.
+#[derive(Clone)]
+pub struct Tracking {
+    pub observer: Arc<dyn RequestObserver>,
+    /// Reuse a well-formed `x-request-id` sent by the client. Only k_server
+    /// does, because its one client is the proxy. The proxy makes a fresh
+    /// id for every request, so that a client cannot choose the ids in its
+    /// logs.
+    pub trust_incoming_id: bool,
+}
+
+/// Middleware: see the module documentation. Without [`Tracking`] in the
+/// app data it still sets the id and span but records no metrics.
+pub async fn track(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let tracking = req.app_data::<web::Data<Tracking>>().cloned();
+    let trust_incoming = tracking.as_ref().is_some_and(|t| t.trust_incoming_id);
+    let id = request_id(req.headers(), trust_incoming);
+    let route = tracking
+        .as_ref()
+        .map(|t| t.observer.http().routes().classify(req.path()));
+    let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.path());
+    req.extensions_mut().insert(RequestId(id.clone()));
+
+    let result = next.call(req).instrument(span.clone()).await;
+
+    let (status, error_code) = match &result {
+        Ok(response) => (
+            response.status(),
+            response
+                .response()
+                .error()
+                .and_then(|e| e.as_error::<ApiError>())
+                .map(ApiError::code),
+        ),
+        Err(error) => (
+            error.as_response_error().status_code(),
+            error.as_error::<ApiError>().map(ApiError::code),
+        ),
+    };
+    let elapsed = started.elapsed();
+    if let (Some(tracking), Some(route)) = (&tracking, route) {
+        tracking
+            .observer
+            .http()
+            .observe(route, status.as_u16(), elapsed);
+        if let Some(code) = error_code {
+            tracking.observer.failed(code);
+        }
+    }
+    span.in_scope(|| {
+        tracing::debug!(
+            status = status.as_u16(),
+            elapsed_us = elapsed.as_micros() as u64,
+            "request finished"
+        )
+    });
+
+    let mut response = result?;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
+    }
+    Ok(response)
+}
+
+/// Returns the client's request id when `trust_incoming` is set and the id
+/// has 1 to [`MAX_REQUEST_ID_LEN`] letters, digits, `-` or `_`; otherwise a
+/// new random id of 16 hex digits.
+pub fn request_id(headers: &HeaderMap, trust_incoming: bool) -> String {
+    let sent = headers
+        .get(REQUEST_ID_HEADER)
+        .filter(|_| trust_incoming)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= MAX_REQUEST_ID_LEN
+                && id
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+        });
+    match sent {
+        Some(id) => id.to_owned(),
+        None => format!("{:016x}", rand::random::<u64>()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(id: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            HeaderName::from_static(REQUEST_ID_HEADER),
+            HeaderValue::from_str(id).expect("header value"),
+        );
+        headers
+    }
+
+    #[test]
+    fn request_id_reused_only_when_trusted() {
+        assert_eq!(request_id(&headers("abc-123_X"), true), "abc-123_X");
+        assert_ne!(request_id(&headers("abc-123_X"), false), "abc-123_X");
+    }
+
+    #[test]
+    fn request_id_replaces_malformed_ids() {
+        let too_long = "a".repeat(MAX_REQUEST_ID_LEN + 1);
+        for sent in ["", "has space", "semi;colon", too_long.as_str()] {
+            let id = request_id(&headers(sent), true);
+            assert_ne!(id, sent);
+            assert_eq!(id.len(), 16, "{id}");
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        }
+        let longest = "b".repeat(MAX_REQUEST_ID_LEN);
+        assert_eq!(request_id(&headers(&longest), true), longest);
+    }
+}
