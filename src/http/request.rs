@@ -2,6 +2,7 @@
 //! request an id, runs it inside a tracing span that carries the id, counts
 //! it in the role's HTTP metrics and returns the id in `x-request-id`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -76,7 +77,8 @@ pub async fn track(
     let route = tracking
         .as_ref()
         .map(|t| t.observer.http().routes().classify(req.path()));
-    let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.path());
+    let path = logged_path(req.path());
+    let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %path);
     req.extensions_mut().insert(RequestId(id.clone()));
 
     let result = next.call(req).instrument(span.clone()).await;
@@ -120,6 +122,24 @@ pub async fn track(
             .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
     }
     Ok(response)
+}
+
+/// Characters of an operation id kept in logged paths.
+const LOGGED_OPERATION_ID_LEN: usize = 8;
+
+/// Returns `path` for the request's span with the id in `/op/{id}` cut to
+/// its first characters. An operation id collects a login's session token,
+/// so it is a secret like the token and is never logged whole.
+pub fn logged_path(path: &str) -> Cow<'_, str> {
+    let Some(rest) = path.strip_prefix("/op/") else {
+        return Cow::Borrowed(path);
+    };
+    let (id, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if id.chars().count() <= LOGGED_OPERATION_ID_LEN {
+        return Cow::Borrowed(path);
+    }
+    let prefix: String = id.chars().take(LOGGED_OPERATION_ID_LEN).collect();
+    Cow::Owned(format!("/op/{prefix}…{tail}"))
 }
 
 /// Returns the client's request id when `trust_incoming` is set and the id
@@ -173,5 +193,17 @@ mod tests {
         }
         let longest = "b".repeat(MAX_REQUEST_ID_LEN);
         assert_eq!(request_id(&headers(&longest), true), longest);
+    }
+
+    #[test]
+    fn logged_path_cuts_operation_ids() {
+        let id = "dc6b7a5ec1c489d8d29d45b479868dcc";
+        assert_eq!(logged_path(&format!("/op/{id}")), "/op/dc6b7a5e…");
+        assert_eq!(
+            logged_path(&format!("/op/{id}/cancel")),
+            "/op/dc6b7a5e…/cancel"
+        );
+        assert_eq!(logged_path("/op/login"), "/op/login");
+        assert_eq!(logged_path("/session/login"), "/session/login");
     }
 }
