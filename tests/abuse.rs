@@ -220,6 +220,30 @@ fn login_rejects_stale_sign_count() {
         "the proxy log should say the credential may be cloned"
     );
 
+    // The audit trail of the stopped proxy holds both rejected logins.
+    let output = std::process::Command::new(common::chain::BIN)
+        .args(["audit", "--user", "alice", "--json", "--config"])
+        .arg(chain.path("proxy.toml"))
+        .output()
+        .expect("run cardgate audit");
+    assert!(output.status.success(), "cardgate audit: {output:?}");
+    let cloned: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|record| {
+            record["action"] == "login"
+                && record["outcome"] == "failure"
+                && record["details"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("may be cloned"))
+        })
+        .collect();
+    assert_eq!(
+        cloned.len(),
+        2,
+        "audit records of cloned-credential logins: {cloned:?}"
+    );
+
     // A card whose count moved on past the stored one is accepted again;
     // the flag stays for an operator to see.
     std::fs::write(&sign_count_file, "10").expect("set the card's count");

@@ -476,7 +476,7 @@ fn proxy_kill_leaves_users_whole() {
     let enroll_time = enroll_times[1].as_millis() as u64;
 
     // Kill offsets from the request's start: while the card waits, then in
-    // 2 ms steps through the end of a typical enrollment (the card's answer,
+    // 2 ms steps through the end of a typical enrollment (the card's response,
     // the store's write, the reply), then after it.
     let delay = PRESENCE_DELAY_MS;
     let enroll_offsets: Vec<u64> = [delay / 2]
@@ -592,6 +592,27 @@ fn post_in_background<'scope>(
     })
 }
 
+/// Waits until the card part of the proxy's `/health` satisfies `ready`.
+/// A heartbeat PING also makes the card busy, for a few milliseconds, so a
+/// state must hold over two polls 200 ms apart.
+fn wait_for_card_health(client: &Client, what: &str, ready: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut held = false;
+    while Instant::now() < deadline {
+        let (_, health) = client.get("/health");
+        if ready(&health["card"]) {
+            if held {
+                return;
+            }
+            held = true;
+        } else {
+            held = false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("the card did not reach this state within 10 s: {what}");
+}
+
 #[test]
 fn card_loss_mid_login_frees_queue() {
     const PRESENCE_DELAY_MS: u64 = 1500;
@@ -627,10 +648,12 @@ fn card_loss_mid_login_frees_queue() {
     //    away: every caller gets a clear error and the queue empties.
     let (alice, bob, carol, lost_after) = std::thread::scope(|scope| {
         let alice = post_in_background(scope, &chain, "/session/login", login("alice"));
-        std::thread::sleep(Duration::from_millis(100));
+        wait_for_card_health(&client, "alice's login on the card", |h| {
+            h["state"] == "busy"
+        });
         let bob = post_in_background(scope, &chain, "/session/login", login("bob"));
         let carol = post_in_background(scope, &chain, "/enroll/register", enroll("carol"));
-        std::thread::sleep(Duration::from_millis(600));
+        wait_for_card_health(&client, "two operations queued", |h| h["queued"] == 2);
         card.kill();
         let killed = Instant::now();
         let alice = alice.join().expect("alice's thread");
@@ -688,9 +711,11 @@ fn card_loss_mid_login_frees_queue() {
     //    login queued behind the lost one waits and then succeeds.
     let (alice, bob) = std::thread::scope(|scope| {
         let alice = post_in_background(scope, &chain, "/session/login", login("alice"));
-        std::thread::sleep(Duration::from_millis(100));
+        wait_for_card_health(&client, "alice's login on the card", |h| {
+            h["state"] == "busy"
+        });
         let bob = post_in_background(scope, &chain, "/session/login", login("bob"));
-        std::thread::sleep(Duration::from_millis(600));
+        wait_for_card_health(&client, "one operation queued", |h| h["queued"] == 1);
         card.kill();
         let alice = alice.join().expect("alice's thread");
         card = chain.card_sim(&presence);
@@ -727,7 +752,7 @@ enum Stall {
     /// TLS and a whole head announcing 100 bytes of body, then 10 bytes, to
     /// a route that reads the body.
     BodyUnfinished,
-    /// The same to a route that answers without reading the body.
+    /// The same to a route that responds without reading the body.
     BodyUnfinishedUnread,
     /// One whole keep-alive request, then nothing.
     IdleKeepAlive,
@@ -740,7 +765,7 @@ struct Stalled {
     tcp: Option<std::net::TcpStream>,
     tls: Option<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>>,
     sent: usize,
-    /// The status line of an answer, if the server sent one.
+    /// The status line of a response, if the server sent one.
     answer: Option<String>,
     /// When the server closed the connection, from its opening.
     released: Option<Duration>,
