@@ -54,6 +54,12 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::bringup::decode::CtapCommand,
     },
+    /// Find, inspect and exercise a card: list, info, make-credential,
+    /// get-assertion, wink and doctor.
+    Card {
+        #[command(subcommand)]
+        command: crate::bringup::card::CardCommand,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -123,17 +129,23 @@ pub struct DemoArgs {
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The card tools print their findings themselves; their default log
+    // level is `warn` so that lifecycle lines do not mix with them.
+    if matches!(cli.command, Command::Card { .. }) && std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "warn");
+    }
     let format = match cli.log_format {
         LogFormatArg::Human => LogFormat::Human,
         LogFormatArg::Json => LogFormat::Json,
     };
     crate::telemetry::init(format);
 
-    // These two print their own results and choose their own exit codes.
+    // These print their own results and choose their own exit codes.
     let command = match cli.command {
         Command::Client(args) => return crate::client::run(args),
         Command::Loadtest(args) => return crate::loadtest::main(args),
         Command::Ctap { command } => return crate::bringup::decode::run(command),
+        Command::Card { command } => return crate::bringup::card::run(command),
         other => other,
     };
     match run(command) {
@@ -197,7 +209,7 @@ fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Demo(args) => crate::demo::run(&args.dir, args.port).map_err(|e| e.to_string()),
-        Command::Client(_) | Command::Loadtest(_) | Command::Ctap { .. } => {
+        Command::Client(_) | Command::Loadtest(_) | Command::Ctap { .. } | Command::Card { .. } => {
             Err("this command is run by `main`".into())
         }
     }
