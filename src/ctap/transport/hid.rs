@@ -447,7 +447,7 @@ impl Transport for HidTransport {
             // Rounded up, so that a wait shorter than 1 ms does not spin.
             let millis = i32::try_from(remaining.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
             // read_timeout polls for at most `millis` ms and returns 0 when
-            // nothing arrived; a poll or read interrupted by a signal (EINTR)
+            // nothing arrived. A poll or read interrupted by a signal (EINTR)
             // is tried again until the deadline.
             let read = match self.device.read_timeout(&mut buffer, millis) {
                 Ok(read) => read,
