@@ -279,9 +279,13 @@ pub fn open_transport(
     };
     let connector = transport::connector(&args.device, sim.clone())
         .map_err(|e| Failure::Card(e.to_string()))?;
-    let inner = connector
-        .connect()
-        .map_err(|e| Failure::Card(format!("cannot open {}: {e}", args.device)))?;
+    let inner = connector.connect().map_err(|e| {
+        let advice = match args.device {
+            DeviceSpec::Hid(_) => "; `cardgate card doctor` checks why",
+            _ => "",
+        };
+        Failure::Card(format!("cannot open {}: {e}{advice}", args.device))
+    })?;
     let transport: Box<dyn Transport> = if verbose {
         Box::new(Logged::to_stderr(inner))
     } else {

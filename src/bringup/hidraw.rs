@@ -280,7 +280,8 @@ pub fn list_text(value: &Value) -> String {
         }
     }
     if let Some(all) = value["all_devices"].as_array() {
-        out.push_str("All enumerated HID devices:\n");
+        let none = if all.is_empty() { " none" } else { "" };
+        out.push_str(&format!("All enumerated HID devices:{none}\n"));
         for device in all {
             out.push_str(&format!(
                 "{}  usage page {} usage {}\n",
@@ -461,6 +462,12 @@ mod tests {
 
         let bare = none_found_message(&[]);
         assert!(bare.contains("no /dev/hidraw* nodes"), "{bare}");
+
+        let verbose = list_text(&list_value(&inventory(Vec::new()), &[], true));
+        assert!(
+            verbose.contains("All enumerated HID devices: none"),
+            "{verbose}"
+        );
     }
 
     #[test]
