@@ -18,7 +18,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = describe::auth_data(&auth_data);
         if let Some(credential) = &auth_data.attested {
             // The tail of the input doubles as a signature.
-            let signature = data.get(data.len().saturating_sub(72)..).unwrap_or_default();
+            let signature = data
+                .get(data.len().saturating_sub(72)..)
+                .unwrap_or_default();
             let _ = verify_assertion(&credential.public_key, data, &CLIENT_DATA_HASH, signature);
         }
     }

@@ -1,13 +1,16 @@
 //! Feeds arbitrary bytes, cut into 64-byte reports, to a CTAPHID
-//! Reassembler on the channel named by the first four bytes, and every
-//! completed message to the INIT, ERROR and KEEPALIVE payload parsers.
+//! Reassembler on the channel named by the first four bytes and to the
+//! `-v` report decoder, and every completed message to the INIT, ERROR and
+//! KEEPALIVE payload parsers.
 
 #![no_main]
 
 use cardgate::ctap::device::KeepaliveStatus;
 use cardgate::ctap::frame::{
-    encode_message, HidError, InitResponse, Packet, Reassembler, Reassembly, MAX_MESSAGE, REPORT_LEN,
+    encode_message, HidError, InitResponse, Packet, Reassembler, Reassembly, Report, MAX_MESSAGE,
+    REPORT_LEN,
 };
+use cardgate::ctap::transport::logged::{describe_report, Direction};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -21,6 +24,9 @@ fuzz_target!(|data: &[u8]| {
     // parsers must reject without panicking.
     for report in data[4..].chunks(REPORT_LEN) {
         let _ = Packet::parse(report);
+        if let Ok(full) = Report::try_from(report) {
+            let _ = describe_report(Direction::Received, &full);
+        }
         let Ok(Reassembly::Complete(message)) = reassembler.feed(report) else {
             continue;
         };
@@ -38,7 +44,8 @@ fuzz_target!(|data: &[u8]| {
         let mut again = Reassembler::new(cid);
         let mut rebuilt = None;
         for report in &reports {
-            if let Reassembly::Complete(m) = again.feed(report).expect("encoded reports are valid") {
+            if let Reassembly::Complete(m) = again.feed(report).expect("encoded reports are valid")
+            {
                 rebuilt = Some(m);
             }
         }
