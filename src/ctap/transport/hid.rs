@@ -414,7 +414,8 @@ impl Transport for HidTransport {
         let mut buffer = [0u8; REPORT_LEN + 1];
         buffer[1..].copy_from_slice(report);
         // hidapi opens the node with O_NONBLOCK and passes write(2) errors
-        // through unchanged, so EINTR and EAGAIN reach this point.
+        // through unchanged, so EINTR, and EAGAIN from a driver that honours
+        // O_NONBLOCK on writes, can arrive here.
         let mut tries = 0;
         let written = loop {
             match self.device.write(&buffer) {
