@@ -56,6 +56,12 @@ pub enum Command {
     },
     /// Print the proxy's audit trail, from the running proxy or its store.
     Audit(crate::audit::command::AuditArgs),
+    /// Find, inspect and exercise a card: list, info, make-credential,
+    /// get-assertion, wink and doctor.
+    Card {
+        #[command(subcommand)]
+        command: crate::bringup::card::CardCommand,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +133,11 @@ pub struct DemoArgs {
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The card tools print their findings themselves; their default log
+    // level is `warn` so that lifecycle lines do not mix with them.
+    if matches!(cli.command, Command::Card { .. }) && std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "warn");
+    }
     let format = match cli.log_format {
         LogFormatArg::Human => LogFormat::Human,
         LogFormatArg::Json => LogFormat::Json,
@@ -145,6 +156,7 @@ pub fn main() -> ExitCode {
         Command::Loadtest(args) => return crate::loadtest::main(args),
         Command::Ctap { command } => return crate::bringup::decode::run(command),
         Command::Audit(args) => return crate::audit::command::run(args),
+        Command::Card { command } => return crate::bringup::card::run(command),
         other => other,
     };
     match run(command) {
@@ -220,9 +232,11 @@ fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Demo(args) => crate::demo::run(&args.dir, args.port).map_err(|e| e.to_string()),
-        Command::Client(_) | Command::Loadtest(_) | Command::Ctap { .. } | Command::Audit(_) => {
-            Err("this command is run by `main`".into())
-        }
+        Command::Client(_)
+        | Command::Loadtest(_)
+        | Command::Ctap { .. }
+        | Command::Audit(_)
+        | Command::Card { .. } => Err("this command is run by `main`".into()),
     }
 }
 

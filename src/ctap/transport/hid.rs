@@ -11,6 +11,7 @@
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -49,6 +50,7 @@ pub struct HidDeviceInfo {
     pub path: PathBuf,
     pub vid: u16,
     pub pid: u16,
+    pub manufacturer: Option<String>,
     pub product: Option<String>,
     pub serial: Option<String>,
     pub usage_page: u16,
@@ -104,30 +106,40 @@ pub fn list_devices() -> Vec<HidDeviceInfo> {
     }
 }
 
-fn try_list_devices() -> Result<Vec<HidDeviceInfo>, TransportError> {
-    let api = hidapi::HidApi::new()
-        .map_err(|e| TransportError::Io(format!("HID enumeration failed: {e}")))?;
-    let devices = api
-        .device_list()
-        .map(|info| {
-            let path = PathBuf::from(std::ffi::OsStr::from_bytes(info.path().to_bytes()));
-            HidDeviceInfo {
-                path,
-                vid: info.vendor_id(),
-                pid: info.product_id(),
-                product: info.product_string().map(str::to_string),
-                serial: info
-                    .serial_number()
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string),
-                usage_page: info.usage_page(),
-                usage: info.usage(),
-                interface_number: info.interface_number(),
-                is_fido: info.usage_page() == FIDO_USAGE_PAGE && info.usage() == FIDO_USAGE,
-            }
+/// Lists the HID devices hidapi can enumerate.
+///
+/// hidapi 2.6's linux-native backend reads udev's hidraw devices and each
+/// node's report descriptor from sysfs, without opening any node. It skips
+/// devices on buses other than USB, Bluetooth, I2C and SPI, and lists a node
+/// once per top-level usage.
+pub fn try_list_devices() -> Result<Vec<HidDeviceInfo>, TransportError> {
+    let api = new_api()?;
+    Ok(enumerate(&api))
+}
+
+fn new_api() -> Result<hidapi::HidApi, TransportError> {
+    hidapi::HidApi::new().map_err(|e| TransportError::Io(format!("HID enumeration failed: {e}")))
+}
+
+fn enumerate(api: &hidapi::HidApi) -> Vec<HidDeviceInfo> {
+    // Serial, manufacturer and product are `None` in hidapi when the device's
+    // string is not valid UTF-8; an empty serial (HID_UNIQ unset) is no
+    // serial either.
+    let text = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_string);
+    api.device_list()
+        .map(|info| HidDeviceInfo {
+            path: PathBuf::from(std::ffi::OsStr::from_bytes(info.path().to_bytes())),
+            vid: info.vendor_id(),
+            pid: info.product_id(),
+            manufacturer: text(info.manufacturer_string()),
+            product: text(info.product_string()),
+            serial: text(info.serial_number()),
+            usage_page: info.usage_page(),
+            usage: info.usage(),
+            interface_number: info.interface_number(),
+            is_fido: info.usage_page() == FIDO_USAGE_PAGE && info.usage() == FIDO_USAGE,
         })
-        .collect();
-    Ok(devices)
+        .collect()
 }
 
 /// Picks the FIDO interface for `selector` from `devices`.
@@ -234,7 +246,8 @@ impl HidConnector {
 
 impl Connector for HidConnector {
     fn connect(&self) -> Result<Box<dyn Transport>, TransportError> {
-        let devices = try_list_devices()?;
+        let api = new_api()?;
+        let devices = enumerate(&api);
         let remembered = self.remembered();
         let chosen = select_device(&devices, &self.selector, remembered.as_ref())?;
         let identity = chosen.identity();
@@ -242,7 +255,7 @@ impl Connector for HidConnector {
             info!(previous = %remembered.as_ref().map(|r| r.to_string()).unwrap_or_default(), now = %identity, "a different card was selected");
         }
 
-        let transport = HidTransport::open(&chosen)?;
+        let transport = HidTransport::open_with(&api, &chosen)?;
         if let Ok(mut slot) = self.remembered.lock() {
             *slot = Some(identity);
         }
@@ -274,14 +287,28 @@ impl HidTransport {
     /// Opens the node of `info`. A node the user may not open yields
     /// [`TransportError::PermissionDenied`] with the udev rule that fixes it.
     pub fn open(info: &HidDeviceInfo) -> Result<HidTransport, TransportError> {
-        let c_path = CString::new(info.path.as_os_str().as_bytes()).map_err(|_| {
+        let api = new_api()?;
+        HidTransport::open_with(&api, info)
+    }
+
+    fn open_with(
+        api: &hidapi::HidApi,
+        info: &HidDeviceInfo,
+    ) -> Result<HidTransport, TransportError> {
+        // hidapi 2.6's linux-native open_path panics on a path that is not
+        // UTF-8, so such a path is rejected here first.
+        let utf8 = info.path.to_str().ok_or_else(|| {
+            TransportError::Io(format!(
+                "HID path {} is not valid UTF-8",
+                info.path.display()
+            ))
+        })?;
+        let c_path = CString::new(utf8).map_err(|_| {
             TransportError::Io(format!(
                 "HID path {} contains a NUL byte",
                 info.path.display()
             ))
         })?;
-        let api = hidapi::HidApi::new()
-            .map_err(|e| TransportError::Io(format!("HID initialization failed: {e}")))?;
         let device = match api.open_path(&c_path) {
             Ok(device) => device,
             Err(error) => return Err(open_error(&info.path, &error)),
@@ -301,11 +328,13 @@ impl HidTransport {
 }
 
 /// Classifies a failed open. hidapi's linux backend reports it only as a
-/// message, so the node is opened once more with std to learn the error kind.
+/// message, so the node is opened once more with std to learn the error kind,
+/// non-blocking as hidapi opens it.
 fn open_error(path: &Path, error: &hidapi::HidError) -> TransportError {
     match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(O_NONBLOCK | O_CLOEXEC)
         .open(path)
     {
         Err(io_error) => classify_open_error(path, &io_error),
@@ -326,8 +355,32 @@ fn classify_open_error(path: &Path, error: &io::Error) -> TransportError {
         io::ErrorKind::NotFound => {
             TransportError::NotFound(format!("{} disappeared", path.display()))
         }
+        // The node is still there but its device is gone.
+        _ if matches!(error.raw_os_error(), Some(ENODEV | ENXIO)) => TransportError::NotFound(
+            format!("{} has no device behind it: {error}", path.display()),
+        ),
         _ => TransportError::Io(format!("opening {} failed: {error}", path.display())),
     }
+}
+
+/// Flags of open(2) on Linux, the values hidapi's linux-native backend uses.
+const O_NONBLOCK: i32 = 0o4000;
+const O_CLOEXEC: i32 = 0o2000000;
+
+/// How often a write interrupted by a signal (EINTR) or refused for now
+/// (EAGAIN) is tried again, with [`WRITE_RETRY_PAUSE`] between tries.
+const WRITE_RETRIES: u32 = 10;
+/// Pause between two write tries: 10 tries of 5 ms stay far below the
+/// card's idle deadline.
+const WRITE_RETRY_PAUSE: Duration = Duration::from_millis(5);
+
+/// Returns whether a failed transfer should simply be tried again.
+fn is_transient(error: &hidapi::HidError) -> bool {
+    matches!(
+        error,
+        hidapi::HidError::IoError { error }
+            if matches!(error.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock)
+    )
 }
 
 /// errno values with which hidraw reports a removed device.
@@ -360,10 +413,22 @@ impl Transport for HidTransport {
         // reports, which take ID 0.
         let mut buffer = [0u8; REPORT_LEN + 1];
         buffer[1..].copy_from_slice(report);
-        let written = self
-            .device
-            .write(&buffer)
-            .map_err(|e| transfer_error(&self.path, "write", &e))?;
+        // hidapi opens the node with O_NONBLOCK and passes write(2) errors
+        // through unchanged, so EINTR, and EAGAIN from a driver that honours
+        // O_NONBLOCK on writes, can arrive here.
+        let mut tries = 0;
+        let written = loop {
+            match self.device.write(&buffer) {
+                Ok(written) => break written,
+                Err(error) if is_transient(&error) && tries < WRITE_RETRIES => {
+                    tries += 1;
+                    std::thread::sleep(WRITE_RETRY_PAUSE);
+                }
+                Err(error) => return Err(transfer_error(&self.path, "write", &error)),
+            }
+        };
+        // hidraw counts the report-ID byte as written even though USB
+        // transfers only the 64 report bytes.
         if written != buffer.len() {
             return Err(TransportError::Io(format!(
                 "short write to {}: {written} of {} bytes",
@@ -382,10 +447,14 @@ impl Transport for HidTransport {
             let remaining = deadline.saturating_duration_since(Instant::now());
             // Rounded up, so that a wait shorter than 1 ms does not spin.
             let millis = i32::try_from(remaining.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
-            let read = self
-                .device
-                .read_timeout(&mut buffer, millis)
-                .map_err(|e| transfer_error(&self.path, "read", &e))?;
+            // read_timeout polls for at most `millis` ms and returns 0 when
+            // nothing arrived. A poll or read interrupted by a signal (EINTR)
+            // is tried again until the deadline.
+            let read = match self.device.read_timeout(&mut buffer, millis) {
+                Ok(read) => read,
+                Err(error) if is_transient(&error) => 0,
+                Err(error) => return Err(transfer_error(&self.path, "read", &error)),
+            };
             if read == 0 {
                 if Instant::now() >= deadline {
                     return Ok(None);
@@ -436,6 +505,7 @@ mod tests {
             path: PathBuf::from(path),
             vid,
             pid,
+            manufacturer: Some("test maker".into()),
             product: Some("test".into()),
             serial: serial.map(str::to_string),
             usage_page: page,
@@ -627,6 +697,82 @@ mod tests {
         assert_eq!(path, Path::new("/dev/hidraw3"));
         assert!(hint.contains(UDEV_RULE), "{hint}");
         assert!(error.to_string().contains("/dev/hidraw3"));
+    }
+
+    #[test]
+    fn open_of_missing_node_is_not_found() {
+        let info = node(
+            "/dev/hidraw-cardgate-missing",
+            0x1209,
+            0x0005,
+            None,
+            FIDO_USAGE_PAGE,
+            FIDO_USAGE,
+            1,
+        );
+        let error = HidTransport::open(&info).err().unwrap();
+        assert!(matches!(error, TransportError::NotFound(_)), "{error}");
+    }
+
+    #[test]
+    fn open_of_non_hidraw_node_is_io_error() {
+        let info = node(
+            "/dev/null",
+            0x1209,
+            0x0005,
+            None,
+            FIDO_USAGE_PAGE,
+            FIDO_USAGE,
+            1,
+        );
+        let error = HidTransport::open(&info).err().unwrap();
+        let TransportError::Io(message) = &error else {
+            panic!("expected Io, got {error:?}");
+        };
+        assert!(message.contains("/dev/null"), "{message}");
+    }
+
+    #[test]
+    fn open_rejects_non_utf8_path_without_panic() {
+        let mut info = node(
+            "/dev/x",
+            0x1209,
+            0x0005,
+            None,
+            FIDO_USAGE_PAGE,
+            FIDO_USAGE,
+            1,
+        );
+        info.path = PathBuf::from(std::ffi::OsStr::from_bytes(b"/dev/hidraw\xff"));
+        let error = HidTransport::open(&info).err().unwrap();
+        assert!(error.to_string().contains("UTF-8"), "{error}");
+    }
+
+    #[test]
+    fn gone_device_on_open_is_not_found() {
+        for errno in [ENODEV, ENXIO] {
+            let error = classify_open_error(
+                Path::new("/dev/hidraw3"),
+                &io::Error::from_raw_os_error(errno),
+            );
+            assert!(error.is_device_lost(), "errno {errno}: {error}");
+        }
+    }
+
+    #[test]
+    fn interrupted_and_would_block_are_transient() {
+        const EINTR: i32 = 4;
+        const EAGAIN: i32 = 11;
+        for errno in [EINTR, EAGAIN] {
+            let error = hidapi::HidError::IoError {
+                error: io::Error::from_raw_os_error(errno),
+            };
+            assert!(is_transient(&error), "errno {errno}");
+        }
+        let gone = hidapi::HidError::IoError {
+            error: io::Error::from_raw_os_error(ENODEV),
+        };
+        assert!(!is_transient(&gone));
     }
 
     #[test]

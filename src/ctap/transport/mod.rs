@@ -4,6 +4,7 @@
 //! card on a phone would implement the same two traits.
 
 pub mod hid;
+pub mod logged;
 pub mod sim;
 pub mod udp;
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 use crate::ctap::frame::Report;
 
 pub use hid::{HidConnector, HidSelector};
+pub use logged::Logged;
 pub use sim::{SimCard, SimHandle};
 pub use udp::UdpConnector;
 
