@@ -331,7 +331,7 @@ pub struct Card {
     pub confirm_timeout_s: u64,
     /// Milliseconds without a report from the card before a request fails.
     pub idle_timeout_ms: u64,
-    /// Milliseconds after a login during which the card is not asked again.
+    /// Milliseconds a login waits for a reconnecting card before it fails.
     pub login_grace_ms: u64,
     /// Maximum wait in milliseconds between reconnect attempts to a lost card.
     pub reconnect_max_backoff_ms: u64,
