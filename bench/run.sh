@@ -21,6 +21,7 @@
 #   SECTIONS="proxy server"     which parts to run
 #   OUT=bench/results/DATE      where results go
 #   BIN=target/release/cardgate
+#   LOG=info            RUST_LOG of proxy and server (info is their default)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -35,6 +36,7 @@ WORKERS=${WORKERS:-0}
 SECTIONS=${SECTIONS:-"proxy server"}
 OUT=${OUT:-bench/results/$(date +%Y%m%d-%H%M%S)}
 BIN=${BIN:-target/release/cardgate}
+LOG=${LOG:-info}
 
 for tool in wrk nginx ab curl jq python3 /usr/bin/time; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is missing (see the header of $0)" >&2; exit 1; }
@@ -42,6 +44,7 @@ done
 if [[ ! -x $BIN || -n ${BUILD:-} ]]; then
     cargo build --release
 fi
+BIN=$(realpath "$BIN")
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -140,7 +143,8 @@ workers = $WORKERS
 EOF
 
 # nginx forwards to the same k_server with the proxy's client certificate
-# and keeps up to 64 connections per worker open, like the proxy's pool.
+# and keeps up to 512 idle connections per worker open, so that it does not
+# close and reopen upstream connections at 512 concurrent clients.
 cat >"$WORK/nginx.conf" <<EOF
 worker_processes auto;
 pid $WORK/nginx.pid;
@@ -156,7 +160,7 @@ http {
     keepalive_requests 1000000;
     upstream k_server {
         server 127.0.0.1:$SERVER_PORT;
-        keepalive 64;
+        keepalive 512;
     }
     server {
         listen 127.0.0.1:$NGINX_PORT ssl;
@@ -178,11 +182,11 @@ http {
 EOF
 mkdir -p "$WORK/nginx-tmp"
 
-(cd "$WORK" && RUST_LOG=warn exec "$OLDPWD/$BIN" server --config server.toml >server.log 2>&1) &
+(cd "$WORK" && RUST_LOG=$LOG exec "$BIN" server --config server.toml >server.log 2>&1) &
 SERVER_PID=$!
 STARTED_PIDS+=("$SERVER_PID")
 wait_for_port "$SERVER_PORT"
-(cd "$WORK" && RUST_LOG=warn exec "$OLDPWD/$BIN" proxy --config proxy.toml >proxy.log 2>&1) &
+(cd "$WORK" && RUST_LOG=$LOG exec "$BIN" proxy --config proxy.toml >proxy.log 2>&1) &
 PROXY_PID=$!
 STARTED_PIDS+=("$PROXY_PID")
 wait_for_port "$PROXY_PORT"

@@ -5,5 +5,6 @@ pub mod card;
 pub mod counter;
 pub mod enrollments;
 pub mod operations;
+pub mod session_cache;
 pub mod sessions;
 pub mod upstream;

@@ -17,6 +17,7 @@ use tokio::sync::broadcast;
 use crate::actors::card::{CardActor, CardSettings, EVENT_CAPACITY};
 use crate::actors::enrollments::EnrollmentsActor;
 use crate::actors::operations::OperationsActor;
+use crate::actors::session_cache::SessionCache;
 use crate::actors::sessions::{SessionSettings, SessionsActor};
 use crate::actors::upstream::{UpstreamActor, UpstreamSettings};
 use crate::config::{ConfigError, ProxyConfig};
@@ -98,6 +99,12 @@ fn bad_key(key: &str, message: impl Into<String>) -> StartError {
     })
 }
 
+/// Connections each worker's upstream actor may keep open: `pool_size`
+/// (the whole proxy's limit) shared evenly, at least one per worker.
+fn worker_pool_size(pool_size: usize, workers: usize) -> usize {
+    (pool_size / workers.max(1)).max(1)
+}
+
 /// Starts the proxy's actors and binds its listener. Must run inside an
 /// actix system.
 pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
@@ -159,20 +166,23 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
             path: config.store.path.display().to_string(),
             reason: e.to_string(),
         })?;
-    let sessions = SessionsActor::new(SessionSettings {
+    let session_settings = SessionSettings {
         idle_timeout: Duration::from_secs(config.session.idle_timeout_s),
         lifetime: Duration::from_secs(config.session.lifetime_s),
         cleanup_interval: Duration::from_secs(config.session.cleanup_interval_s),
-    })
-    .start();
-    let upstream = UpstreamActor::new(UpstreamSettings {
+    };
+    let sessions = SessionsActor::new(session_settings).start();
+    let workers = match config.http.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let upstream = UpstreamSettings {
         base_url: config.upstream.url.clone(),
         tls: Arc::new(upstream_tls),
-        pool_size: config.upstream.pool_size,
+        pool_size: worker_pool_size(config.upstream.pool_size, workers),
         connect_timeout: Duration::from_millis(config.upstream.connect_timeout_ms),
         request_timeout: Duration::from_millis(config.upstream.request_timeout_ms),
-    })
-    .start();
+    };
 
     let operations = OperationsActor::new(events.clone()).start();
 
@@ -180,7 +190,6 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
         operations,
         sessions,
         enrollments,
-        upstream,
         card: card.clone(),
         events,
         rp: ceremony::RelyingParty::new(
@@ -204,9 +213,19 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
         source: e,
     })?;
     let http = config.http.clone();
-    let mut builder = HttpServer::new(move || {
+    let builder = HttpServer::new(move || {
+        // The factory runs once on each worker's thread, so each worker gets
+        // its own session cache and upstream actor (with its own connection
+        // pool), and a protected call runs on its worker's thread from
+        // start to end. One shared actor of each kind would put two round
+        // trips to another thread on every call, and run every forwarded
+        // request on that one thread.
+        let cache = SessionCache::new(state.sessions.clone(), session_settings).start();
+        let upstream = UpstreamActor::new(upstream.clone()).start();
         App::new()
             .app_data(state.clone())
+            .app_data(web::Data::new(cache))
+            .app_data(web::Data::new(upstream))
             .app_data(crate::http::json_config(http.max_body_bytes))
             .app_data(crate::http::query_config())
             .wrap(from_fn(same_origin))
@@ -215,13 +234,11 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
             .configure(routes::configure)
             .default_service(web::to(crate::http::not_found))
     })
+    .workers(workers)
     .keep_alive(Duration::from_secs(config.http.keep_alive_s))
     .client_request_timeout(Duration::from_millis(config.http.client_request_timeout_ms))
     .shutdown_timeout(config.http.shutdown_timeout_s)
     .max_connections(config.http.max_connections);
-    if config.http.workers > 0 {
-        builder = builder.workers(config.http.workers);
-    }
     let server = builder
         .listen_rustls_0_23(listener, server_tls)
         .map_err(|e| StartError::Io {
