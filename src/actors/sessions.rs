@@ -15,7 +15,8 @@
 //!
 //! [`SessionCache`]: crate::actors::session_cache::SessionCache
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
@@ -115,7 +116,8 @@ impl From<RngError> for SessionError {
 }
 
 struct Session {
-    username: String,
+    /// Shared with the caches' entries of this session.
+    username: Arc<str>,
     created: Instant,
     last_seen: Instant,
 }
@@ -128,8 +130,10 @@ impl Session {
 
 pub struct SessionsActor {
     settings: SessionSettings,
+    /// Every live session. There is no index by user: it would cost about
+    /// as much memory as this map, and only the rare [`RevokeUser`] needs
+    /// it, which scans this map instead.
     sessions: HashMap<TokenHash, Session>,
-    by_user: HashMap<String, HashSet<TokenHash>>,
     /// Caches that must forget ended sessions.
     caches: Vec<Recipient<Evict>>,
 }
@@ -180,7 +184,7 @@ pub struct ValidateForCache {
 /// A live session as a cache keeps it.
 #[derive(Debug, Clone)]
 pub struct CacheEntry {
-    pub username: String,
+    pub username: Arc<str>,
     /// Login time: the absolute lifetime counts from here.
     pub created: Instant,
     /// Last known use.
@@ -226,7 +230,6 @@ impl SessionsActor {
         SessionsActor {
             settings,
             sessions: HashMap::new(),
-            by_user: HashMap::new(),
             caches: Vec::new(),
         }
     }
@@ -257,14 +260,7 @@ impl SessionsActor {
     }
 
     fn remove(&mut self, hash: &TokenHash) -> Option<Session> {
-        let session = self.sessions.remove(hash)?;
-        if let Some(set) = self.by_user.get_mut(&session.username) {
-            set.remove(hash);
-            if set.is_empty() {
-                self.by_user.remove(&session.username);
-            }
-        }
-        Some(session)
+        self.sessions.remove(hash)
     }
 
     fn lookup(&mut self, token: &str) -> Result<TokenHash, SessionError> {
@@ -339,13 +335,12 @@ impl Handler<Create> for SessionsActor {
         let hash = TokenHash::of(&token);
         let now = Instant::now();
         let session = Session {
-            username: msg.username.clone(),
+            username: msg.username.into(),
             created: now,
             last_seen: now,
         };
         let info = self.info(&hash, &session, now);
         self.sessions.insert(hash, session);
-        self.by_user.entry(msg.username).or_default().insert(hash);
         tracing::info!(session = %hash.prefix(), username = %info.username, "session created");
         Ok(IssuedSession { token, info })
     }
@@ -392,7 +387,12 @@ impl Handler<RevokeUser> for SessionsActor {
 
     /// Replies once every cache has forgotten the user's sessions.
     fn handle(&mut self, msg: RevokeUser, _: &mut Self::Context) -> Self::Result {
-        let hashes = self.by_user.remove(&msg.username).unwrap_or_default();
+        let hashes: Vec<TokenHash> = self
+            .sessions
+            .iter()
+            .filter(|(_, session)| *session.username == *msg.username)
+            .map(|(hash, _)| *hash)
+            .collect();
         for hash in &hashes {
             self.sessions.remove(hash);
         }
@@ -400,7 +400,7 @@ impl Handler<RevokeUser> for SessionsActor {
             tracing::info!(username = %msg.username, count = hashes.len(), "sessions revoked");
         }
         let count = hashes.len();
-        let evicted = self.evict_from_caches(hashes.into_iter().collect());
+        let evicted = self.evict_from_caches(hashes);
         Box::pin(async move {
             evicted.await;
             count

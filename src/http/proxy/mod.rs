@@ -37,6 +37,8 @@ pub struct RunningProxy {
     pub addr: SocketAddr,
     pub server: Server,
     pub card: actix::Addr<CardActor>,
+    /// The owner of all sessions; benchmarks create sessions through it.
+    pub sessions: actix::Addr<SessionsActor>,
     /// The in-process simulated card, when `card.device` is `sim`; tests use
     /// it to unplug and replug the card.
     pub sim: Option<SimHandle>,
@@ -188,7 +190,7 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
 
     let state = web::Data::new(ProxyState {
         operations,
-        sessions,
+        sessions: sessions.clone(),
         enrollments,
         card: card.clone(),
         events,
@@ -252,6 +254,7 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
         addr,
         server,
         card,
+        sessions,
         sim,
     })
 }
