@@ -22,6 +22,9 @@
 #   OUT=bench/results/DATE      where results go
 #   BIN=target/release/cardgate
 #   LOG=info            RUST_LOG of proxy and server (info is their default)
+#   BASELINE_BIN=       another cardgate binary (an older build) whose proxy
+#                       runs as target "baseline" in the same runs, for a
+#                       before/after comparison under the same conditions
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -45,6 +48,7 @@ if [[ ! -x $BIN || -n ${BUILD:-} ]]; then
     cargo build --release
 fi
 BIN=$(realpath "$BIN")
+if [[ -n ${BASELINE_BIN:-} ]]; then BASELINE_BIN=$(realpath "$BASELINE_BIN"); fi
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -119,8 +123,10 @@ path = "server-store"
 workers = $WORKERS
 EOF
 
-cat >"$WORK/proxy.toml" <<EOF
-listen = "127.0.0.1:$PROXY_PORT"
+# Writes the config of a proxy on port $1 whose state lives in folder $2.
+proxy_toml() {
+cat <<EOF
+listen = "127.0.0.1:$1"
 [tls]
 cert = "certs/proxy.crt"
 key = "certs/proxy.key"
@@ -132,15 +138,17 @@ client_key = "certs/proxy-client.key"
 [card]
 device = "sim"
 sim_presence = "approve"
-sim_state = "card"
+sim_state = "$2/card"
 [store]
-path = "proxy-store"
+path = "$2/store"
 [webauthn]
 rp_id = "localhost"
-origin = "https://localhost:$PROXY_PORT"
+origin = "https://localhost:$1"
 [http]
 workers = $WORKERS
 EOF
+}
+proxy_toml "$PROXY_PORT" proxy-state >"$WORK/proxy.toml"
 
 # nginx forwards to the same k_server with the proxy's client certificate
 # and keeps up to 512 idle connections per worker open, so that it does not
@@ -190,6 +198,14 @@ wait_for_port "$SERVER_PORT"
 PROXY_PID=$!
 STARTED_PIDS+=("$PROXY_PID")
 wait_for_port "$PROXY_PORT"
+if [[ -n ${BASELINE_BIN:-} ]]; then
+    BASELINE_PORT=$(free_port)
+    proxy_toml "$BASELINE_PORT" baseline-state >"$WORK/baseline.toml"
+    (cd "$WORK" && RUST_LOG=$LOG exec "$BASELINE_BIN" proxy --config baseline.toml >baseline.log 2>&1) &
+    BASELINE_PID=$!
+    STARTED_PIDS+=("$BASELINE_PID")
+    wait_for_port "$BASELINE_PORT"
+fi
 nginx -p "$WORK" -c "$WORK/nginx.conf" -g 'daemon off;' >"$WORK/nginx.log" 2>&1 &
 NGINX_PID=$!
 STARTED_PIDS+=("$NGINX_PID")
@@ -200,16 +216,19 @@ server_stats() {
         "https://127.0.0.1:$SERVER_PORT/health" | jq -c .counter
 }
 
-# One session, reused by every request of the proxy runs.
+# One session per proxy, reused by every request of the proxy runs.
 api() { curl -sf --cacert "$CERTS/ca.crt" -H 'Content-Type: application/json' "$@"; }
-for _ in $(seq 100); do
-    state=$(api "https://localhost:$PROXY_PORT/health" | jq -r .card.state || true)
-    [[ $state == connected ]] && break
-    sleep 0.1
-done
-api -d '{"username":"bench"}' "https://localhost:$PROXY_PORT/enroll/register" >/dev/null
-TOKEN=$(api -d '{"username":"bench"}' "https://localhost:$PROXY_PORT/session/login" | jq -r .session_token)
-export TOKEN
+session_token() {
+    for _ in $(seq 100); do
+        state=$(api "https://localhost:$1/health" | jq -r .card.state || true)
+        [[ $state == connected ]] && break
+        sleep 0.1
+    done
+    api -d '{"username":"bench"}' "https://localhost:$1/enroll/register" >/dev/null
+    api -d '{"username":"bench"}' "https://localhost:$1/session/login" | jq -r .session_token
+}
+CARDGATE_TOKEN=$(session_token "$PROXY_PORT")
+if [[ -n ${BASELINE_BIN:-} ]]; then BASELINE_TOKEN=$(session_token "$BASELINE_PORT"); fi
 
 cat >"$WORK/bearer.lua" <<'EOF'
 -- POST with the session token; prints one JSON line of results at the end.
@@ -236,14 +255,18 @@ nginx_pids() { echo "$NGINX_PID" $(ps -o pid= --ppid "$NGINX_PID"); }
 wrk_run() {
     local target=$1 port=$2 connections=$3 run=$4 threads=$WRK_THREADS
     ((threads > connections)) && threads=$connections
-    local front_pids
-    if [[ $target == cardgate ]]; then front_pids=$PROXY_PID; else front_pids=$(nginx_pids); fi
+    local front_pids token=""
+    case $target in
+        cardgate) front_pids=$PROXY_PID token=$CARDGATE_TOKEN ;;
+        baseline) front_pids=$BASELINE_PID token=$BASELINE_TOKEN ;;
+        *) front_pids=$(nginx_pids) ;;
+    esac
     local load before front0 server0
     load=$(load1)
     before=$(server_stats)
     front0=$(cpu_seconds $front_pids)
     server0=$(cpu_seconds "$SERVER_PID")
-    /usr/bin/time -f '%U %S' -o "$WORK/wrk.time" \
+    TOKEN=$token /usr/bin/time -f '%U %S' -o "$WORK/wrk.time" \
         wrk -t"$threads" -c"$connections" -d"${DURATION}s" --timeout 10s -s "$WORK/bearer.lua" \
         "https://localhost:$port/resource/counter" >"$WORK/wrk.out"
     local after front1 server1
@@ -322,7 +345,8 @@ EOF
     free -m
     uname -srvm
     uptime
-    echo "workers=$WORKERS wrk_threads=$WRK_THREADS duration=${DURATION}s runs=$RUNS"
+    echo "workers=$WORKERS wrk_threads=$WRK_THREADS duration=${DURATION}s runs=$RUNS log=$LOG"
+    echo "cardgate=$BIN baseline=${BASELINE_BIN:-none}"
     git rev-parse --short HEAD 2>/dev/null || true
 } >"$OUT/machine.txt"
 
@@ -333,10 +357,16 @@ for section in $SECTIONS; do
             # A warm-up per target (run 0, left out of the summary) opens the
             # pooled connections.
             DURATION=2 wrk_run cardgate "$PROXY_PORT" 64 0 >/dev/null
+            if [[ -n ${BASELINE_BIN:-} ]]; then
+                DURATION=2 wrk_run baseline "$BASELINE_PORT" 64 0 >/dev/null
+            fi
             DURATION=2 wrk_run nginx "$NGINX_PORT" 64 0 >/dev/null
             for connections in $CONNECTIONS; do
                 for run in $(seq "$RUNS"); do
                     wrk_run cardgate "$PROXY_PORT" "$connections" "$run"
+                    if [[ -n ${BASELINE_BIN:-} ]]; then
+                        wrk_run baseline "$BASELINE_PORT" "$connections" "$run"
+                    fi
                     wrk_run nginx "$NGINX_PORT" "$connections" "$run"
                 done
             done

@@ -61,16 +61,24 @@ def main(path):
                 problems.append(f"{section} {target} c={conns} run {r['run']}: "
                                 f"{r['errors']} errors")
 
-    print()
-    print("| connections | throughput cardgate/nginx (median) | p99 cardgate/nginx (median) |")
-    print("|---|---|---|")
-    for conns in sorted({c for (s, _, c) in groups if s == "proxy"}):
-        cg, ng = groups.get(("proxy", "cardgate", conns)), groups.get(("proxy", "nginx", conns))
-        if not cg or not ng:
+    def median(group, key):
+        return statistics.median(float(r[key]) for r in group)
+
+    for first, second in (("cardgate", "nginx"), ("baseline", "nginx"), ("cardgate", "baseline")):
+        pairs = []
+        for conns in sorted({c for (s, _, c) in groups if s == "proxy"}):
+            a, b = groups.get(("proxy", first, conns)), groups.get(("proxy", second, conns))
+            if a and b:
+                pairs.append((conns, median(a, "rps") / median(b, "rps"),
+                              median(a, "p99_ms") / median(b, "p99_ms")))
+        if not pairs:
             continue
-        med = lambda g, k: statistics.median(float(r[k]) for r in g)
-        print(f"| {conns} | {med(cg, 'rps') / med(ng, 'rps'):.3f} "
-              f"| {med(cg, 'p99_ms') / med(ng, 'p99_ms'):.3f} |")
+        print()
+        print(f"| connections | throughput {first}/{second} (medians) "
+              f"| p99 {first}/{second} (medians) |")
+        print("|---|---|---|")
+        for conns, throughput, p99 in pairs:
+            print(f"| {conns} | {throughput:.3f} | {p99:.3f} |")
 
     print()
     if problems:
