@@ -18,6 +18,7 @@
 #   SERVER_REQUESTS_N=50000     requests of one k_server run with more clients
 #   WRK_THREADS=1       wrk threads (one event loop per thread)
 #   WORKERS=0           HTTP workers of proxy and server; 0 is one per core
+#   POOL_SIZE=64        the proxy's upstream.pool_size (64 is its default)
 #   SECTIONS="proxy server"     which parts to run
 #   OUT=bench/results/DATE      where results go
 #   BIN=target/release/cardgate
@@ -36,6 +37,7 @@ SERVER_REQUESTS_1=${SERVER_REQUESTS_1:-2000}
 SERVER_REQUESTS_N=${SERVER_REQUESTS_N:-50000}
 WRK_THREADS=${WRK_THREADS:-1}
 WORKERS=${WORKERS:-0}
+POOL_SIZE=${POOL_SIZE:-64}
 SECTIONS=${SECTIONS:-"proxy server"}
 OUT=${OUT:-bench/results/$(date +%Y%m%d-%H%M%S)}
 BIN=${BIN:-target/release/cardgate}
@@ -135,6 +137,7 @@ url = "https://127.0.0.1:$SERVER_PORT"
 ca = "certs/ca.crt"
 client_cert = "certs/proxy-client.crt"
 client_key = "certs/proxy-client.key"
+pool_size = $POOL_SIZE
 [card]
 device = "sim"
 sim_presence = "approve"
@@ -345,7 +348,7 @@ EOF
     free -m
     uname -srvm
     uptime
-    echo "workers=$WORKERS wrk_threads=$WRK_THREADS duration=${DURATION}s runs=$RUNS log=$LOG"
+    echo "workers=$WORKERS wrk_threads=$WRK_THREADS duration=${DURATION}s runs=$RUNS log=$LOG pool_size=$POOL_SIZE"
     echo "cardgate=$BIN baseline=${BASELINE_BIN:-none}"
     git rev-parse --short HEAD 2>/dev/null || true
 } >"$OUT/machine.txt"

@@ -20,6 +20,10 @@ use crate::error::ApiError;
 /// reply is a few dozen bytes; anything near this limit is a fault.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
+/// Header that carries the proxy's request id to k_server.
+const REQUEST_ID: awc::http::header::HeaderName =
+    awc::http::header::HeaderName::from_static("x-request-id");
+
 /// How the proxy reaches k_server.
 #[derive(Clone)]
 pub struct UpstreamSettings {
@@ -121,7 +125,7 @@ impl Handler<IncrementCounter> for UpstreamActor {
         let request = self
             .client
             .post(self.counter_uri.clone())
-            .insert_header(("x-request-id", msg.request_id))
+            .insert_header((REQUEST_ID, msg.request_id))
             .send();
         let url = self.counter_url.clone();
         Box::pin(async move {

@@ -68,11 +68,10 @@ async fn same_origin(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        let expected = req
-            .app_data::<web::Data<ProxyState>>()
-            .map(|s| s.rp.origin.clone())
-            .unwrap_or_default();
         if let Some(origin) = req.headers().get("origin") {
+            let expected = req
+                .app_data::<web::Data<ProxyState>>()
+                .map_or("", |s| s.rp.origin.as_str());
             if origin.as_bytes() != expected.as_bytes() {
                 return Err(ApiError::Forbidden(format!(
                     "requests from origin {:?} are not accepted; use the portal at {expected}",
