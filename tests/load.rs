@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cardgate");
 
-/// Longest a `cardgate loadtest` run may take before the test kills it.
+/// Maximum duration of a `cardgate loadtest` run before the test kills it.
 const LOADTEST_DEADLINE: Duration = Duration::from_secs(240);
 
 /// A child process that is killed when the test ends, pass or fail.
@@ -58,8 +58,8 @@ struct Chain {
 }
 
 impl Chain {
-    /// Starts the chain; the simulated person at the card answers as
-    /// `presence` says (`approve`, `delay:MS`, …).
+    /// Starts the chain. The simulated person at the card responds as
+    /// `presence` sets (`approve`, `delay:MS`, …).
     fn start(presence: &str) -> Chain {
         let dir = tempfile::tempdir().expect("tempdir");
         let status = Command::new(BIN)
@@ -200,8 +200,8 @@ origin = "https://localhost:{proxy_port}"
         })
     }
 
-    /// The simulated card's signature counter: one step per approved
-    /// makeCredential or getAssertion.
+    /// Reads the simulated card's signature counter, which advances once
+    /// per approved makeCredential or getAssertion.
     fn card_sign_count(&self) -> u64 {
         let path = self
             .path("card")
@@ -318,7 +318,7 @@ fn assert_clean_report(status: ExitStatus, report: &Value, total: u64, logs: imp
 }
 
 #[test]
-fn all_25_calls_in_flight_are_unique_and_contiguous() {
+fn loadtest_all_25_in_flight_passes() {
     let chain = Chain::start("approve");
 
     let (status, report) = chain.loadtest(5, 5, 0);
@@ -328,7 +328,7 @@ fn all_25_calls_in_flight_are_unique_and_contiguous() {
 }
 
 #[test]
-fn calls_of_200_users_with_200_in_flight_are_contiguous() {
+fn loadtest_200_users_200_in_flight_passes() {
     let chain = Chain::start("approve");
 
     let (status, report) = chain.loadtest(200, 20, 200);
@@ -338,7 +338,7 @@ fn calls_of_200_users_with_200_in_flight_are_contiguous() {
 }
 
 #[test]
-fn loadtest_fails_when_users_cannot_log_in() {
+fn loadtest_fails_without_sessions() {
     // The simulated person declines, so enrolling the first user fails.
     let chain = Chain::start("deny");
 
@@ -363,7 +363,7 @@ fn loadtest_fails_when_users_cannot_log_in() {
 }
 
 #[test]
-fn parallel_logins_for_different_users_all_get_sessions() {
+fn parallel_logins_all_get_sessions() {
     const USERS: usize = 24;
     let chain = Chain::start("approve");
 
@@ -413,7 +413,7 @@ fn parallel_logins_for_different_users_all_get_sessions() {
 }
 
 #[test]
-fn login_burst_for_one_user_gets_one_session_per_confirmation() {
+fn login_burst_one_session_per_confirmation() {
     const BURST: usize = 10;
     const ROUNDS: usize = 3;
     // The simulated person confirms after 1 s, so every login of a burst

@@ -2,13 +2,13 @@
 //!
 //! The protected call checks its session on every request. Asking the
 //! sessions actor costs a round trip to another thread, and under load each
-//! such hop waits for that thread to be scheduled. This actor answers for
-//! the sessions it has seen, without leaving the worker's thread, while the
+//! such hop waits for that thread to be scheduled. This actor checks the
+//! sessions it has cached without leaving the worker's thread, while the
 //! sessions actor stays the owner of every session:
 //! - a token that is not cached is checked by the sessions actor, and a
 //!   valid one is cached;
 //! - the sessions actor evicts every ended session from all caches before
-//!   the logout or revocation that ended it replies, and an answer that
+//!   the logout or revocation that ended it replies, and a reply that
 //!   crossed an eviction is used once but not cached;
 //! - uses seen here are reported every [`TOUCH_INTERVAL`], so that the idle
 //!   timeout counts them;
@@ -33,8 +33,8 @@ use crate::actors::sessions::{
 /// Much shorter than any sensible idle timeout.
 pub const TOUCH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Entries not used on this worker for this long are dropped; the next use
-/// asks the sessions actor again.
+/// Entries not used on this worker for this long are dropped, and the
+/// sessions actor checks their next use again.
 pub const UNUSED_ENTRY_LIMIT: Duration = Duration::from_secs(60);
 
 /// How often unused and expired entries are dropped.
@@ -55,8 +55,8 @@ pub struct SessionCache {
     entries: HashMap<TokenHash, CacheEntry>,
     /// Sessions used here since the last report.
     touched: HashSet<TokenHash>,
-    /// Number of [`Evict`] messages handled; an answer of the sessions actor
-    /// is cached only if none arrived while it was awaited.
+    /// Number of [`Evict`] messages handled. A reply of the sessions actor
+    /// is cached only if no eviction arrived while it was awaited.
     evictions: u64,
 }
 
@@ -103,8 +103,8 @@ impl Handler<Check> for SessionCache {
                     SessionInfo::new(&hash, &entry.username, entry.expiry(&self.settings), now);
                 return Box::pin(fut::ready(Ok(info)));
             }
-            // Expired as far as this worker knows; uses on other workers
-            // may have kept it alive, which only the sessions actor knows.
+            // Expired by this worker's record. Uses on other workers may
+            // have kept it alive, and only the sessions actor records those.
             self.entries.remove(&hash);
         }
 
@@ -138,8 +138,8 @@ impl Actor for SessionCache {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // Sent before any check from this cache, so the sessions actor
-        // knows the cache before it answers for any session in it.
+        // Sent before any check from this cache, so the sessions actor has
+        // registered the cache before it validates a session for it.
         self.sessions.do_send(Subscribe {
             cache: ctx.address().recipient(),
         });

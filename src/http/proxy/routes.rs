@@ -423,7 +423,8 @@ struct SessionReply<'a> {
 }
 
 /// The protected call: checks the session with this worker's session cache,
-/// then asks k_server through this worker's upstream actor.
+/// then requests the next value from k_server through this worker's
+/// upstream actor.
 async fn resource_counter(
     state: State,
     cache: web::Data<Addr<SessionCache>>,
