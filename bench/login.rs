@@ -3,9 +3,9 @@
 //!
 //! Method:
 //! 1. End to end: k_proxy runs in this process with the in-process
-//!    simulated card (approving at once, state on disk); a client in the
-//!    same process sends `POST /enroll/register` and `POST /session/login`
-//!    over HTTPS one at a time, and each request is timed.
+//!    simulated card, which approves at once and keeps its state on disk.
+//!    A client in the same process sends `POST /enroll/register` and
+//!    `POST /session/login` over HTTPS one at a time and times each request.
 //! 2. Parts, timed alone on the same data: the real makeCredential and
 //!    getAssertion messages (built by the proxy's encoders, answered by
 //!    the simulated card) are split into CTAPHID reports and reassembled in
