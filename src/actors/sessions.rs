@@ -199,7 +199,7 @@ impl CacheEntry {
 }
 
 /// Registers a cache; from then on it gets an [`Evict`] for every ended
-/// session before the end is reported to anyone.
+/// session. Logout and revocation reply only after every cache confirmed.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Subscribe {
@@ -235,8 +235,8 @@ impl SessionsActor {
     }
 
     /// Sends `hashes` to every cache and resolves once all have confirmed.
-    /// A cache that is gone cannot answer for the session any more, so a
-    /// failed send counts as confirmed.
+    /// A cache that is gone cannot accept the session any more, so a failed
+    /// send counts as confirmed.
     fn evict_from_caches(&self, hashes: Vec<TokenHash>) -> impl std::future::Future<Output = ()> {
         let sends: Vec<_> = if hashes.is_empty() {
             Vec::new()

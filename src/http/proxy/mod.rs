@@ -257,3 +257,20 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
         sim,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::worker_pool_size;
+
+    #[test]
+    fn worker_pool_size_splits_evenly() {
+        assert_eq!(worker_pool_size(64, 2), 32);
+        assert_eq!(worker_pool_size(65, 2), 32);
+        assert_eq!(worker_pool_size(64, 0), 64);
+    }
+
+    #[test]
+    fn worker_pool_size_keeps_one_per_worker() {
+        assert_eq!(worker_pool_size(1, 4), 1);
+    }
+}
