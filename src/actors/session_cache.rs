@@ -138,6 +138,8 @@ impl Actor for SessionCache {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(super::WORKER_MAILBOX_CAPACITY);
+
         // Sent before any check from this cache, so the sessions actor has
         // registered the cache before it validates a session for it.
         self.sessions.do_send(Subscribe {

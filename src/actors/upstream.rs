@@ -113,7 +113,8 @@ fn send_error(url: &str, e: SendRequestError) -> ApiError {
 impl Actor for UpstreamActor {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Self::Context) {
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(super::WORKER_MAILBOX_CAPACITY);
         tracing::info!(url = %self.settings.base_url, pool = self.settings.pool_size, "upstream link ready");
     }
 }
