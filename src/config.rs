@@ -263,7 +263,8 @@ pub struct Upstream {
     pub client_cert: PathBuf,
     /// PEM private key of `client_cert`.
     pub client_key: PathBuf,
-    /// Pooled connections to the server.
+    /// Pooled connections to the server, shared evenly among the HTTP
+    /// workers (each keeps at least one).
     #[serde(default = "Upstream::default_pool_size")]
     pub pool_size: usize,
     /// Milliseconds allowed for TCP connect plus TLS handshake.

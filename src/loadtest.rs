@@ -53,8 +53,12 @@ pub struct Latency {
     pub max_ms: f64,
 }
 
+/// The outcome of a run, printed as text or, with `--json`, as one object.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// True when every call succeeded and the values are unique and
+    /// contiguous; the exit code is 0 exactly then.
+    pub passed: bool,
     pub users: usize,
     pub requests: usize,
     pub succeeded: usize,
@@ -71,7 +75,7 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn passed(&self) -> bool {
+    fn all_clean(&self) -> bool {
         self.failed.is_empty()
             && self.duplicates == 0
             && self.gaps == 0
@@ -114,14 +118,28 @@ pub async fn run(args: &LoadtestArgs) -> Result<Report, ClientError> {
     let client = ProxyClient::new(&args.proxy, &args.ca, workers.max(args.users))?;
 
     // 1. Sessions for every user, enrolling those that are not enrolled.
+    //    One at a time, because the card serves one request at a time.
     let mut tokens = Vec::with_capacity(args.users);
     for index in 0..args.users {
         let username = format!("loadtest-{index}");
-        let status = client.enroll_status(&username).await?;
+        let failed = |step: &str, e: ClientError| {
+            ClientError::Setup(format!("cannot {step} {username}: {e}"))
+        };
+        let status = client
+            .enroll_status(&username)
+            .await
+            .map_err(|e| failed("look up", e))?;
         if status["enrolled"] != true {
-            client.enroll(&username).await?;
+            client
+                .enroll(&username)
+                .await
+                .map_err(|e| failed("enroll", e))?;
         }
-        tokens.push(client.login(&username).await?.session_token);
+        let login = client
+            .login(&username)
+            .await
+            .map_err(|e| failed("log in", e))?;
+        tokens.push(login.session_token);
     }
 
     // 2. The calls, at most `workers` in flight.
@@ -164,7 +182,8 @@ pub async fn run(args: &LoadtestArgs) -> Result<Report, ClientError> {
     }
     latencies.sort_unstable();
     let (duplicates, gaps) = check_values(&mut values);
-    Ok(Report {
+    let mut report = Report {
+        passed: false,
         users: args.users,
         requests: total,
         succeeded: values.len(),
@@ -185,7 +204,9 @@ pub async fn run(args: &LoadtestArgs) -> Result<Report, ClientError> {
         gaps,
         first_value: values.first().copied(),
         last_value: values.last().copied(),
-    })
+    };
+    report.passed = report.all_clean();
+    Ok(report)
 }
 
 /// Runs `cardgate loadtest` and returns the exit code.
@@ -195,6 +216,12 @@ pub fn main(args: LoadtestArgs) -> std::process::ExitCode {
         Ok(report) => report,
         Err(e) => {
             eprintln!("cardgate loadtest: {e}");
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "passed": false, "error": e.to_string() })
+                );
+            }
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -206,7 +233,7 @@ pub fn main(args: LoadtestArgs) -> std::process::ExitCode {
     } else {
         print_report(&report);
     }
-    if report.passed() {
+    if report.passed {
         std::process::ExitCode::SUCCESS
     } else {
         std::process::ExitCode::FAILURE
@@ -238,7 +265,7 @@ fn print_report(report: &Report) {
     );
     println!(
         "result       {}",
-        if report.passed() { "PASS" } else { "FAIL" }
+        if report.passed { "PASS" } else { "FAIL" }
     );
 }
 

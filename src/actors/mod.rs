@@ -7,5 +7,13 @@ pub mod counter;
 pub mod enrollments;
 pub mod operations;
 pub mod ratelimit;
+pub mod session_cache;
 pub mod sessions;
 pub mod upstream;
+
+/// Mailbox capacity of the actors that each HTTP worker owns (session
+/// cache, upstream link). Each request in flight on a worker may queue one
+/// message; past actix's default capacity of 16 a sender is parked and
+/// woken again, which costs time on the hot path. Past this capacity
+/// senders wait as well, which bounds the queue.
+pub const WORKER_MAILBOX_CAPACITY: usize = 4096;

@@ -6,13 +6,23 @@
 //! a memory dump or a log does not reveal a usable token. Lookups go through
 //! a hash map keyed by that hash: an attacker who can time them learns at
 //! most about the SHA-256 of a guess, not about a stored token.
+//!
+//! Each HTTP worker of the proxy may keep a [`SessionCache`] actor that
+//! answers the protected calls on the worker's own thread. The caches
+//! subscribe here; every ended session is evicted from all of them before
+//! the logout, revocation or expiry that ended it is complete, and they
+//! report the sessions they saw used, so that idle timeouts count that use.
+//!
+//! [`SessionCache`]: crate::actors::session_cache::SessionCache
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use futures_util::future::join_all;
 use sha2::{Digest, Sha256};
 
 use crate::rng::{os_random, RngError};
@@ -39,6 +49,15 @@ pub struct SessionSettings {
 pub struct TokenHash([u8; 32]);
 
 impl TokenHash {
+    /// Hashes `token` after checking that it has the shape of a token this
+    /// actor issues; anything else is rejected before hashing.
+    pub fn of_well_formed(token: &str) -> Result<TokenHash, SessionError> {
+        if !is_well_formed(token) {
+            return Err(SessionError::Malformed);
+        }
+        Ok(TokenHash::of(token))
+    }
+
     pub fn of(token: &str) -> TokenHash {
         TokenHash(Sha256::digest(token.as_bytes()).into())
     }
@@ -60,6 +79,17 @@ pub struct SessionInfo {
     pub hash_prefix: String,
 }
 
+impl SessionInfo {
+    /// The view of a session that ends at `expiry`, as seen at `now`.
+    pub fn new(hash: &TokenHash, username: &str, expiry: Instant, now: Instant) -> SessionInfo {
+        SessionInfo {
+            username: username.to_string(),
+            expires_at: SystemTime::now() + expiry.saturating_duration_since(now),
+            hash_prefix: hash.prefix(),
+        }
+    }
+}
+
 /// A new session: the token is shown to the client once and then dropped.
 #[derive(Debug)]
 pub struct IssuedSession {
@@ -75,6 +105,8 @@ pub enum SessionError {
     Unknown,
     #[error("cannot create a session: {0}")]
     Rng(String),
+    #[error("the sessions actor did not answer: {0}")]
+    Unavailable(String),
 }
 
 impl From<RngError> for SessionError {
@@ -84,7 +116,8 @@ impl From<RngError> for SessionError {
 }
 
 struct Session {
-    username: String,
+    /// Shared with the caches' entries of this session.
+    username: Arc<str>,
     created: Instant,
     last_seen: Instant,
 }
@@ -97,8 +130,12 @@ impl Session {
 
 pub struct SessionsActor {
     settings: SessionSettings,
+    /// Every live session. There is no index by user: it would cost about
+    /// as much memory as this map, and only the rare [`RevokeUser`] needs
+    /// it, which scans this map instead.
     sessions: HashMap<TokenHash, Session>,
-    by_user: HashMap<String, HashSet<TokenHash>>,
+    /// Caches that must forget ended sessions.
+    caches: Vec<Recipient<Evict>>,
 }
 
 // Messages.
@@ -136,6 +173,53 @@ pub struct RevokeUser {
 #[rtype(result = "usize")]
 pub struct Count;
 
+/// Checks a token for a cache: like [`Validate`], and also returns what the
+/// cache needs to check the session by itself.
+#[derive(Message)]
+#[rtype(result = "Result<CacheEntry, SessionError>")]
+pub struct ValidateForCache {
+    pub hash: TokenHash,
+}
+
+/// A live session as a cache keeps it.
+#[derive(Debug, Clone)]
+pub struct CacheEntry {
+    pub username: Arc<str>,
+    /// Login time: the absolute lifetime counts from here.
+    pub created: Instant,
+    /// Last known use.
+    pub last_seen: Instant,
+}
+
+impl CacheEntry {
+    /// When the session ends if it is not used again.
+    pub fn expiry(&self, settings: &SessionSettings) -> Instant {
+        (self.created + settings.lifetime).min(self.last_seen + settings.idle_timeout)
+    }
+}
+
+/// Registers a cache; from then on it gets an [`Evict`] for every ended
+/// session. Logout and revocation reply only after every cache confirmed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    pub cache: Recipient<Evict>,
+}
+
+/// Tells a cache to forget these sessions. The reply confirms that it has.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Evict {
+    pub hashes: Vec<TokenHash>,
+}
+
+/// Sessions a cache saw used; each counts as activity now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Touched {
+    pub hashes: Vec<TokenHash>,
+}
+
 /// Removes expired sessions; returns how many were removed.
 #[derive(Message)]
 #[rtype(result = "usize")]
@@ -146,37 +230,45 @@ impl SessionsActor {
         SessionsActor {
             settings,
             sessions: HashMap::new(),
-            by_user: HashMap::new(),
+            caches: Vec::new(),
+        }
+    }
+
+    /// Sends `hashes` to every cache and resolves once all have confirmed.
+    /// A cache that is gone cannot accept the session any more, so a failed
+    /// send counts as confirmed.
+    fn evict_from_caches(&self, hashes: Vec<TokenHash>) -> impl std::future::Future<Output = ()> {
+        let sends: Vec<_> = if hashes.is_empty() {
+            Vec::new()
+        } else {
+            self.caches
+                .iter()
+                .map(|cache| {
+                    cache.send(Evict {
+                        hashes: hashes.clone(),
+                    })
+                })
+                .collect()
+        };
+        async move {
+            join_all(sends).await;
         }
     }
 
     fn info(&self, hash: &TokenHash, session: &Session, now: Instant) -> SessionInfo {
-        let remaining = session
-            .expiry(&self.settings)
-            .saturating_duration_since(now);
-        SessionInfo {
-            username: session.username.clone(),
-            expires_at: SystemTime::now() + remaining,
-            hash_prefix: hash.prefix(),
-        }
+        SessionInfo::new(hash, &session.username, session.expiry(&self.settings), now)
     }
 
     fn remove(&mut self, hash: &TokenHash) -> Option<Session> {
-        let session = self.sessions.remove(hash)?;
-        if let Some(set) = self.by_user.get_mut(&session.username) {
-            set.remove(hash);
-            if set.is_empty() {
-                self.by_user.remove(&session.username);
-            }
-        }
-        Some(session)
+        self.sessions.remove(hash)
     }
 
     fn lookup(&mut self, token: &str) -> Result<TokenHash, SessionError> {
-        if !is_well_formed(token) {
-            return Err(SessionError::Malformed);
-        }
-        let hash = TokenHash::of(token);
+        let hash = TokenHash::of_well_formed(token)?;
+        self.lookup_hash(hash)
+    }
+
+    fn lookup_hash(&mut self, hash: TokenHash) -> Result<TokenHash, SessionError> {
         let now = Instant::now();
         let expired = match self.sessions.get(&hash) {
             None => return Err(SessionError::Unknown),
@@ -185,6 +277,10 @@ impl SessionsActor {
         if expired {
             self.remove(&hash);
             tracing::info!(session = %hash.prefix(), "session expired");
+            // Caches check expiry themselves; this only frees their memory.
+            for cache in &self.caches {
+                cache.do_send(Evict { hashes: vec![hash] });
+            }
             return Err(SessionError::Unknown);
         }
         Ok(hash)
@@ -204,8 +300,8 @@ impl Actor for SessionsActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(self.settings.cleanup_interval, |actor, _| {
-            let removed = actor.handle_cleanup();
+        ctx.run_interval(self.settings.cleanup_interval, |actor, ctx| {
+            let removed = actor.handle_cleanup(ctx);
             if removed > 0 {
                 tracing::debug!(removed, "expired sessions removed");
             }
@@ -214,7 +310,7 @@ impl Actor for SessionsActor {
 }
 
 impl SessionsActor {
-    fn handle_cleanup(&mut self) -> usize {
+    fn handle_cleanup(&mut self, ctx: &mut Context<Self>) -> usize {
         let now = Instant::now();
         let expired: Vec<TokenHash> = self
             .sessions
@@ -225,7 +321,9 @@ impl SessionsActor {
         for hash in &expired {
             self.remove(hash);
         }
-        expired.len()
+        let removed = expired.len();
+        ctx.spawn(actix::fut::wrap_future(self.evict_from_caches(expired)));
+        removed
     }
 }
 
@@ -237,13 +335,12 @@ impl Handler<Create> for SessionsActor {
         let hash = TokenHash::of(&token);
         let now = Instant::now();
         let session = Session {
-            username: msg.username.clone(),
+            username: msg.username.into(),
             created: now,
             last_seen: now,
         };
         let info = self.info(&hash, &session, now);
         self.sessions.insert(hash, session);
-        self.by_user.entry(msg.username).or_default().insert(hash);
         tracing::info!(session = %hash.prefix(), username = %info.username, "session created");
         Ok(IssuedSession { token, info })
     }
@@ -263,29 +360,89 @@ impl Handler<Validate> for SessionsActor {
 }
 
 impl Handler<Logout> for SessionsActor {
-    type Result = Result<SessionInfo, SessionError>;
+    type Result = ResponseFuture<Result<SessionInfo, SessionError>>;
 
+    /// Replies once every cache has forgotten the session.
     fn handle(&mut self, msg: Logout, _: &mut Self::Context) -> Self::Result {
-        let hash = self.lookup(&msg.token)?;
-        let session = self.remove(&hash).ok_or(SessionError::Unknown)?;
+        let ended = self.lookup(&msg.token).and_then(|hash| {
+            let session = self.remove(&hash).ok_or(SessionError::Unknown)?;
+            Ok((hash, session))
+        });
+        let (hash, session) = match ended {
+            Ok(ended) => ended,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
         let info = self.info(&hash, &session, Instant::now());
         tracing::info!(session = %hash.prefix(), username = %info.username, "session logged out");
-        Ok(info)
+        let evicted = self.evict_from_caches(vec![hash]);
+        Box::pin(async move {
+            evicted.await;
+            Ok(info)
+        })
     }
 }
 
 impl Handler<RevokeUser> for SessionsActor {
-    type Result = usize;
+    type Result = ResponseFuture<usize>;
 
-    fn handle(&mut self, msg: RevokeUser, _: &mut Self::Context) -> usize {
-        let hashes = self.by_user.remove(&msg.username).unwrap_or_default();
+    /// Replies once every cache has forgotten the user's sessions.
+    fn handle(&mut self, msg: RevokeUser, _: &mut Self::Context) -> Self::Result {
+        let hashes: Vec<TokenHash> = self
+            .sessions
+            .iter()
+            .filter(|(_, session)| *session.username == *msg.username)
+            .map(|(hash, _)| *hash)
+            .collect();
         for hash in &hashes {
             self.sessions.remove(hash);
         }
         if !hashes.is_empty() {
             tracing::info!(username = %msg.username, count = hashes.len(), "sessions revoked");
         }
-        hashes.len()
+        let count = hashes.len();
+        let evicted = self.evict_from_caches(hashes);
+        Box::pin(async move {
+            evicted.await;
+            count
+        })
+    }
+}
+
+impl Handler<ValidateForCache> for SessionsActor {
+    type Result = Result<CacheEntry, SessionError>;
+
+    fn handle(&mut self, msg: ValidateForCache, _: &mut Self::Context) -> Self::Result {
+        let hash = self.lookup_hash(msg.hash)?;
+        let session = self.sessions.get_mut(&hash).ok_or(SessionError::Unknown)?;
+        session.last_seen = Instant::now();
+        Ok(CacheEntry {
+            username: session.username.clone(),
+            created: session.created,
+            last_seen: session.last_seen,
+        })
+    }
+}
+
+impl Handler<Subscribe> for SessionsActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) {
+        // Caches of stopped workers are dropped here.
+        self.caches.retain(|cache| cache.connected());
+        self.caches.push(msg.cache);
+    }
+}
+
+impl Handler<Touched> for SessionsActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Touched, _: &mut Self::Context) {
+        let now = Instant::now();
+        for hash in msg.hashes {
+            if let Some(session) = self.sessions.get_mut(&hash) {
+                session.last_seen = session.last_seen.max(now);
+            }
+        }
     }
 }
 
@@ -300,8 +457,8 @@ impl Handler<Count> for SessionsActor {
 impl Handler<Cleanup> for SessionsActor {
     type Result = usize;
 
-    fn handle(&mut self, _: Cleanup, _: &mut Self::Context) -> usize {
-        self.handle_cleanup()
+    fn handle(&mut self, _: Cleanup, ctx: &mut Self::Context) -> usize {
+        self.handle_cleanup(ctx)
     }
 }
 

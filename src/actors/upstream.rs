@@ -3,7 +3,9 @@
 //! It owns one HTTP client with mutual TLS (the proxy's client certificate)
 //! and a bounded pool of kept-alive connections, so TLS handshakes are paid
 //! once per pooled connection, not once per request. Requests run
-//! concurrently inside the actor; the mailbox only hands them out.
+//! concurrently inside the actor; the mailbox only hands them out. The proxy
+//! starts one such actor on each HTTP worker thread, so that forwarding
+//! spreads over the workers like the incoming connections do.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +19,10 @@ use crate::error::ApiError;
 /// Longest upstream response body the proxy reads, in bytes. The counter
 /// reply is a few dozen bytes; anything near this limit is a fault.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Header that carries the proxy's request id to k_server.
+const REQUEST_ID: awc::http::header::HeaderName =
+    awc::http::header::HeaderName::from_static("x-request-id");
 
 /// How the proxy reaches k_server.
 #[derive(Clone)]
@@ -34,7 +40,10 @@ pub struct UpstreamSettings {
 pub struct UpstreamActor {
     settings: UpstreamSettings,
     client: awc::Client,
-    counter_url: String,
+    /// The counter endpoint, parsed once; its text is shared with the
+    /// futures of requests for their error messages.
+    counter_uri: awc::http::Uri,
+    counter_url: Arc<str>,
 }
 
 // Messages.
@@ -75,10 +84,14 @@ impl UpstreamActor {
             "{}/resource/counter",
             settings.base_url.trim_end_matches('/')
         );
+        // The config loader has checked `upstream.url`; a URL that still
+        // fails to parse makes every request fail with an invalid-URL error.
+        let counter_uri = counter_url.parse().unwrap_or_default();
         UpstreamActor {
             settings,
             client,
-            counter_url,
+            counter_uri,
+            counter_url: counter_url.into(),
         }
     }
 }
@@ -113,7 +126,8 @@ fn upstream_error_text(body: &[u8]) -> String {
 impl Actor for UpstreamActor {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Self::Context) {
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(super::WORKER_MAILBOX_CAPACITY);
         tracing::info!(url = %self.settings.base_url, pool = self.settings.pool_size, "upstream link ready");
     }
 }
@@ -124,8 +138,8 @@ impl Handler<IncrementCounter> for UpstreamActor {
     fn handle(&mut self, msg: IncrementCounter, _: &mut Self::Context) -> Self::Result {
         let request = self
             .client
-            .post(&self.counter_url)
-            .insert_header(("x-request-id", msg.request_id))
+            .post(self.counter_uri.clone())
+            .insert_header((REQUEST_ID, msg.request_id))
             .send();
         let url = self.counter_url.clone();
         Box::pin(async move {

@@ -97,7 +97,10 @@ pub fn readiness_response(role: &str, checks: &[(&str, Check)]) -> HttpResponse 
 }
 
 /// `GET /ready` of the proxy.
-pub async fn proxy_ready(state: web::Data<ProxyState>) -> HttpResponse {
+pub async fn proxy_ready(
+    state: web::Data<ProxyState>,
+    upstream_link: web::Data<actix::Addr<crate::actors::upstream::UpstreamActor>>,
+) -> HttpResponse {
     let store = bounded("store", async {
         if !state.enrollments.connected() {
             return Err("the enrollments actor has stopped".to_owned());
@@ -120,8 +123,7 @@ pub async fn proxy_ready(state: web::Data<ProxyState>) -> HttpResponse {
         }
     });
     let upstream = bounded("upstream", async {
-        state
-            .upstream
+        upstream_link
             .send(Probe)
             .await
             .map_err(|e| format!("the upstream actor did not answer: {e}"))?

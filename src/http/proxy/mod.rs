@@ -24,6 +24,7 @@ use crate::actors::card::{self, CardActor, CardSettings, GetHealth, EVENT_CAPACI
 use crate::actors::enrollments::EnrollmentsActor;
 use crate::actors::operations::OperationsActor;
 use crate::actors::ratelimit::{RateLimitActor, RateLimitSettings};
+use crate::actors::session_cache::SessionCache;
 use crate::actors::sessions::{self, SessionSettings, SessionsActor};
 use crate::actors::upstream::{UpstreamActor, UpstreamSettings};
 use crate::audit::socket::AuditSocket;
@@ -76,6 +77,8 @@ pub struct RunningProxy {
     pub metrics_addr: Option<SocketAddr>,
     pub server: Server,
     pub card: actix::Addr<CardActor>,
+    /// The owner of all sessions; benchmarks create sessions through it.
+    pub sessions: actix::Addr<SessionsActor>,
     /// The in-process simulated card, when `card.device` is `sim`; tests use
     /// it to unplug and replug the card.
     pub sim: Option<SimHandle>,
@@ -179,11 +182,10 @@ async fn same_origin(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        let expected = req
-            .app_data::<web::Data<ProxyState>>()
-            .map(|s| s.rp.origin.clone())
-            .unwrap_or_default();
         if let Some(origin) = req.headers().get("origin") {
+            let expected = req
+                .app_data::<web::Data<ProxyState>>()
+                .map_or("", |s| s.rp.origin.as_str());
             if origin.as_bytes() != expected.as_bytes() {
                 return Err(ApiError::Forbidden(format!(
                     "requests from origin {:?} are not accepted; use the portal at {expected}",
@@ -210,6 +212,12 @@ fn bad_key(key: &str, message: impl Into<String>) -> StartError {
         key: key.to_string(),
         message: message.into(),
     })
+}
+
+/// Connections each worker's upstream actor may keep open: `pool_size`
+/// (the whole proxy's limit) shared evenly, at least one per worker.
+fn worker_pool_size(pool_size: usize, workers: usize) -> usize {
+    (pool_size / workers.max(1)).max(1)
 }
 
 /// Starts the proxy's actors and binds its listener. Must run inside an
@@ -292,20 +300,23 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
     record_card_events(card_events, audit.clone());
     let audit_socket = AuditSocket::bind(&config.store.path, audit.clone())?;
 
-    let sessions = SessionsActor::new(SessionSettings {
+    let session_settings = SessionSettings {
         idle_timeout: Duration::from_secs(config.session.idle_timeout_s),
         lifetime: Duration::from_secs(config.session.lifetime_s),
         cleanup_interval: Duration::from_secs(config.session.cleanup_interval_s),
-    })
-    .start();
-    let upstream = UpstreamActor::new(UpstreamSettings {
+    };
+    let sessions = SessionsActor::new(session_settings).start();
+    let workers = match config.http.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let upstream = UpstreamSettings {
         base_url: config.upstream.url.clone(),
         tls: Arc::new(upstream_tls),
-        pool_size: config.upstream.pool_size,
+        pool_size: worker_pool_size(config.upstream.pool_size, workers),
         connect_timeout: Duration::from_millis(config.upstream.connect_timeout_ms),
         request_timeout: Duration::from_millis(config.upstream.request_timeout_ms),
-    })
-    .start();
+    };
 
     let operations = OperationsActor::new(events.clone()).start();
     let limits = RateLimitActor::new(RateLimitSettings {
@@ -328,9 +339,8 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
     let state = web::Data::new(ProxyState {
         operations,
         limits,
-        sessions,
+        sessions: sessions.clone(),
         enrollments,
-        upstream,
         card: card.clone(),
         events,
         rp: ceremony::RelyingParty::new(
@@ -360,10 +370,20 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
         source: e,
     })?;
     let http = config.http.clone();
-    let mut builder = HttpServer::new(move || {
+    let builder = HttpServer::new(move || {
+        // The factory runs once on each worker's thread, so each worker gets
+        // its own session cache and upstream actor (with its own connection
+        // pool), and a protected call runs on its worker's thread from
+        // start to end. One shared actor of each kind would put two round
+        // trips to another thread on every call, and run every forwarded
+        // request on that one thread.
+        let cache = SessionCache::new(state.sessions.clone(), session_settings).start();
+        let upstream = UpstreamActor::new(upstream.clone()).start();
         App::new()
             .app_data(state.clone())
             .app_data(tracking.clone())
+            .app_data(web::Data::new(cache))
+            .app_data(web::Data::new(upstream))
             .app_data(crate::http::json_config(http.max_body_bytes))
             .app_data(crate::http::query_config())
             .app_data(crate::http::BodyTimeout(http.body_timeout()))
@@ -376,6 +396,7 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
             .configure(crate::http::portal::configure)
             .default_service(web::to(crate::http::not_found))
     })
+    .workers(workers)
     .keep_alive(Duration::from_secs(config.http.keep_alive_s))
     .client_request_timeout(config.http.client_request_timeout())
     .tls_handshake_timeout(config.http.client_request_timeout())
@@ -384,9 +405,6 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
     // `run_until` handles SIGTERM and SIGINT; actix's own handler would
     // stop at once on SIGINT.
     .disable_signals();
-    if config.http.workers > 0 {
-        builder = builder.workers(config.http.workers);
-    }
     let server = builder
         .listen_rustls_0_23(listener, server_tls)
         .map_err(|e| StartError::Io {
@@ -401,6 +419,7 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
         metrics_addr: metrics_listener.as_ref().map(|m| m.addr),
         server,
         card,
+        sessions,
         sim,
         audit,
         metrics,
@@ -440,4 +459,21 @@ fn proxy_scrape(
             metrics.render(&gauges)
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_pool_size;
+
+    #[test]
+    fn worker_pool_size_splits_evenly() {
+        assert_eq!(worker_pool_size(64, 2), 32);
+        assert_eq!(worker_pool_size(65, 2), 32);
+        assert_eq!(worker_pool_size(64, 0), 64);
+    }
+
+    #[test]
+    fn worker_pool_size_keeps_one_per_worker() {
+        assert_eq!(worker_pool_size(1, 4), 1);
+    }
 }

@@ -17,7 +17,10 @@ use crate::actors::card::{CardActor, CardEvent, GetHealth};
 use crate::actors::enrollments::{Delete, EnrollmentsActor, List, Lookup, Update, User};
 use crate::actors::operations::{self, OperationKind, OperationsActor, Outcome};
 use crate::actors::ratelimit::{self, RateLimitActor};
-use crate::actors::sessions::{self, IssuedSession, SessionError, SessionInfo, SessionsActor};
+use crate::actors::session_cache::{Check, SessionCache};
+use crate::actors::sessions::{
+    self, IssuedSession, SessionError, SessionInfo, SessionsActor, TokenHash,
+};
 use crate::actors::upstream::{IncrementCounter, UpstreamActor};
 use crate::audit::{AuditAction, AuditEvent};
 use crate::domain::{parse_display_name, Username};
@@ -30,7 +33,6 @@ use crate::metrics::ProxyMetrics;
 pub struct ProxyState {
     pub sessions: Addr<SessionsActor>,
     pub enrollments: Addr<EnrollmentsActor>,
-    pub upstream: Addr<UpstreamActor>,
     pub card: Addr<CardActor>,
     pub operations: Addr<OperationsActor>,
     pub limits: Addr<RateLimitActor>,
@@ -229,6 +231,21 @@ impl ProxyState {
         req.cookie(&self.cookie_name).map(|c| c.value().to_string())
     }
 
+    /// Checks the request's session with this worker's session cache.
+    async fn cached_session(
+        &self,
+        cache: &Addr<SessionCache>,
+        req: &HttpRequest,
+    ) -> Result<SessionInfo, ApiError> {
+        let token = self.token(req).ok_or_else(no_session)?;
+        let hash = TokenHash::of_well_formed(&token).map_err(session_error)?;
+        cache
+            .send(Check { hash })
+            .await
+            .map_err(mailbox)?
+            .map_err(session_error)
+    }
+
     async fn session(&self, req: &HttpRequest) -> Result<(String, SessionInfo), ApiError> {
         let token = self.token(req).ok_or_else(|| {
             // The header's value is not quoted: it may be a token.
@@ -275,10 +292,17 @@ fn peer_ip(req: &HttpRequest) -> Option<std::net::IpAddr> {
     req.peer_addr().map(|a| a.ip())
 }
 
+fn no_session() -> ApiError {
+    ApiError::Unauthorized(
+        "no session: send `Authorization: Bearer TOKEN` or the session cookie; log in first".into(),
+    )
+}
+
 fn session_error(e: SessionError) -> ApiError {
     match e {
         SessionError::Rng(_) => ApiError::Internal(e.to_string()),
-        _ => ApiError::Unauthorized(e.to_string()),
+        SessionError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+        SessionError::Malformed | SessionError::Unknown => ApiError::Unauthorized(e.to_string()),
     }
 }
 
@@ -550,23 +574,46 @@ async fn session_logout(state: State, req: HttpRequest) -> Result<HttpResponse, 
         .json(json!({ "ok": true, "logged_out": info.username })))
 }
 
-async fn resource_counter(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let (_, info) = state.session(&req).await?;
+#[derive(Serialize)]
+struct CounterReply<'a> {
+    ok: bool,
+    value: u64,
+    session: SessionReply<'a>,
+}
+
+#[derive(Serialize)]
+struct SessionReply<'a> {
+    username: &'a str,
+    expires_at: String,
+}
+
+/// The protected call: checks the session with this worker's session cache,
+/// then requests the next value from k_server through this worker's
+/// upstream actor.
+async fn resource_counter(
+    state: State,
+    cache: web::Data<Addr<SessionCache>>,
+    upstream: web::Data<Addr<UpstreamActor>>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let info = state.cached_session(&cache, &req).await?;
     let request_id = req
         .extensions()
         .get::<RequestId>()
         .map(|id| id.0.clone())
         .unwrap_or_default();
-    let value = state
-        .upstream
+    let value = upstream
         .send(IncrementCounter { request_id })
         .await
         .map_err(mailbox)??;
-    Ok(HttpResponse::Ok().json(json!({
-        "ok": true,
-        "value": value,
-        "session": session_json(&info),
-    })))
+    Ok(HttpResponse::Ok().json(CounterReply {
+        ok: true,
+        value,
+        session: SessionReply {
+            username: &info.username,
+            expires_at: rfc3339(info.expires_at),
+        },
+    }))
 }
 
 // Card ceremonies that the portal follows by polling: the request returns at
