@@ -13,7 +13,7 @@ pub mod upstream;
 
 /// Mailbox capacity of the actors that each HTTP worker owns (session
 /// cache, upstream link). Each request in flight on a worker may queue one
-/// message; past actix's default capacity of 16 a sender is parked and
+/// message. Past actix's default capacity of 16 a sender is parked and
 /// woken again, which costs time on the hot path. Past this capacity
-/// senders wait as well, which bounds the queue.
+/// senders wait as well, so the queue stays bounded.
 pub const WORKER_MAILBOX_CAPACITY: usize = 4096;

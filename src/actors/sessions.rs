@@ -8,9 +8,10 @@
 //! most about the SHA-256 of a guess, not about a stored token.
 //!
 //! Each HTTP worker of the proxy may keep a [`SessionCache`] actor that
-//! answers the protected calls on the worker's own thread. The caches
-//! subscribe here; every ended session is evicted from all of them before
-//! the logout, revocation or expiry that ended it is complete, and they
+//! checks the sessions of protected calls on the worker's own thread. The
+//! caches subscribe here. A logout or revocation replies only after every
+//! cache has evicted the ended sessions. Expired sessions are evicted
+//! without waiting, because caches check expiry themselves. The caches
 //! report the sessions they saw used, so that idle timeouts count that use.
 //!
 //! [`SessionCache`]: crate::actors::session_cache::SessionCache
@@ -80,7 +81,7 @@ pub struct SessionInfo {
 }
 
 impl SessionInfo {
-    /// The view of a session that ends at `expiry`, as seen at `now`.
+    /// Builds the view of a session that ends at `expiry`, as of `now`.
     pub fn new(hash: &TokenHash, username: &str, expiry: Instant, now: Instant) -> SessionInfo {
         SessionInfo {
             username: username.to_string(),
