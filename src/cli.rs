@@ -36,7 +36,7 @@ pub enum Command {
     Server(RoleArgs),
     /// Run the k_proxy role: card, sessions, portal and forwarding.
     Proxy(RoleArgs),
-    /// Run a simulated ChromeCard that answers CTAPHID reports over UDP.
+    /// Run a simulated ChromeCard that responds to CTAPHID reports over UDP.
     CardSim(CardSimArgs),
     /// Create the deployment's certificates.
     Certs {
@@ -87,7 +87,7 @@ pub struct CardSimArgs {
     #[arg(long)]
     pub state: PathBuf,
 
-    /// How the simulated person at the card answers: `approve`, `deny`,
+    /// Response of the simulated person at the card: `approve`, `deny`,
     /// `delay:MS` (up-needed keepalives for MS milliseconds, then approve) or
     /// `never` (up-needed until the request times out).
     #[arg(long, default_value = "approve")]

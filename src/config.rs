@@ -234,7 +234,7 @@ pub struct Limits {
     /// Milliseconds of the first backoff for a username; it doubles with
     /// each further failure.
     pub username_first_backoff_ms: u64,
-    /// Longest backoff for one username, in seconds. Kept short because
+    /// Maximum backoff for one username, in seconds. Kept short because
     /// anyone can fail logins for any username.
     pub username_max_backoff_s: u64,
 }

@@ -143,7 +143,7 @@ impl Audit {
         self.addr
             .send(Query(query))
             .await
-            .map_err(|e| AuditError::Unavailable(format!("the audit actor did not answer: {e}")))?
+            .map_err(|e| AuditError::Unavailable(format!("the audit actor did not respond: {e}")))?
     }
 
     /// Waits until every event recorded before this call is stored, then
@@ -152,7 +152,7 @@ impl Audit {
         self.addr
             .send(Flush)
             .await
-            .map_err(|e| AuditError::Unavailable(format!("the audit actor did not answer: {e}")))?
+            .map_err(|e| AuditError::Unavailable(format!("the audit actor did not respond: {e}")))?
     }
 
     /// Returns `Err` with a sentence when a read from the store fails.
@@ -160,7 +160,7 @@ impl Audit {
         match self.addr.send(CheckStore).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(format!("the audit actor did not answer: {e}")),
+            Err(e) => Err(format!("the audit actor did not respond: {e}")),
         }
     }
 }

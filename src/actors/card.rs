@@ -454,7 +454,7 @@ impl CardActor {
                         actor.next(ctx);
                     }
                     Ok((_, Err(e))) => actor.lose_card(
-                        format!("the card did not answer a heartbeat PING: {e}"),
+                        format!("the card did not respond to a heartbeat PING: {e}"),
                         ctx,
                     ),
                     Err(e) => actor.lose_card(format!("heartbeat task failed: {e}"), ctx),

@@ -42,7 +42,7 @@ pub struct Credential {
     pub sign_count: u32,
     #[serde(with = "hex::serde")]
     pub aaguid: [u8; 16],
-    /// How the attestation was checked at enrollment (`packed-self`, …).
+    /// Kind of attestation checked at enrollment (`packed-self`, …).
     pub attestation: String,
     pub created_at: u64,
     /// Set when the card reported a counter that did not increase.
@@ -534,7 +534,7 @@ mod tests {
         assert_eq!(again, Err(EnrollmentError::AlreadyEnrolled("alice".into())));
 
         drop(actor);
-        // The SyncArbiter thread holds the sled handle until it stops.
+        // The SyncArbiter thread keeps the sled handle open until it stops.
         actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
         let reopened = EnrollmentsActor::start(dir.path().join("db")).unwrap();
         let found = reopened

@@ -37,7 +37,7 @@ pub enum OperationKind {
     Login,
 }
 
-/// Where an operation stands, named for what it waits for.
+/// State of an operation, named for what it waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OperationState {
@@ -63,7 +63,7 @@ impl OperationState {
     }
 }
 
-/// What a successful operation produced.
+/// The result of a successful operation.
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Enrolled(serde_json::Value),

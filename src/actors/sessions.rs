@@ -70,7 +70,7 @@ impl TokenHash {
     }
 }
 
-/// A session as the HTTP layer sees it.
+/// A session as returned to the HTTP layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionInfo {
     pub username: String,
@@ -106,7 +106,7 @@ pub enum SessionError {
     Unknown,
     #[error("cannot create a session: {0}")]
     Rng(String),
-    #[error("the sessions actor did not answer: {0}")]
+    #[error("the sessions actor did not respond: {0}")]
     Unavailable(String),
 }
 

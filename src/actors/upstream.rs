@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use crate::error::ApiError;
 
-/// Longest upstream response body the proxy reads, in bytes. The counter
+/// Maximum upstream response body the proxy reads, in bytes. The counter
 /// reply is a few dozen bytes; anything near this limit is a fault.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
@@ -24,7 +24,7 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 const REQUEST_ID: awc::http::header::HeaderName =
     awc::http::header::HeaderName::from_static("x-request-id");
 
-/// How the proxy reaches k_server.
+/// Settings of the proxy's link to k_server.
 #[derive(Clone)]
 pub struct UpstreamSettings {
     /// Base URL, such as `https://127.0.0.1:9443`.
@@ -56,7 +56,7 @@ pub struct IncrementCounter {
     pub request_id: String,
 }
 
-/// Checks that k_server answers its health endpoint.
+/// Checks that k_server responds on its health endpoint.
 #[derive(Message)]
 #[rtype(result = "Result<(), ApiError>")]
 pub struct Probe;
@@ -101,7 +101,7 @@ impl UpstreamActor {
 fn send_error(url: &str, e: SendRequestError) -> ApiError {
     match e {
         SendRequestError::Timeout | SendRequestError::Connect(ConnectError::Timeout) => {
-            ApiError::UpstreamTimeout(format!("{url} did not answer in time"))
+            ApiError::UpstreamTimeout(format!("{url} did not respond in time"))
         }
         SendRequestError::Connect(e) => {
             ApiError::UpstreamFailed(format!("cannot connect to {url}: {e}"))
@@ -154,12 +154,12 @@ impl Handler<IncrementCounter> for UpstreamActor {
                 })?;
             if status.as_u16() == 503 {
                 return Err(ApiError::UpstreamUnavailable(format!(
-                    "{url} answered 503; k_server is starting, stopping or overloaded"
+                    "{url} responded 503; k_server is starting, stopping or overloaded"
                 )));
             }
             if !status.is_success() {
                 return Err(ApiError::UpstreamFailed(format!(
-                    "{url} answered {status}: {}",
+                    "{url} responded {status}: {}",
                     upstream_error_text(&body)
                 )));
             }
@@ -169,10 +169,10 @@ impl Handler<IncrementCounter> for UpstreamActor {
                     value: Some(value),
                 }) => Ok(value),
                 Ok(_) => Err(ApiError::UpstreamFailed(format!(
-                    "{url} answered without a counter value"
+                    "{url} responded without a counter value"
                 ))),
                 Err(e) => Err(ApiError::UpstreamFailed(format!(
-                    "{url} answered with invalid JSON: {e}"
+                    "{url} responded with invalid JSON: {e}"
                 ))),
             }
         })
@@ -191,7 +191,7 @@ impl Handler<Probe> for UpstreamActor {
                 Ok(())
             } else {
                 Err(ApiError::UpstreamFailed(format!(
-                    "{url} answered {}",
+                    "{url} responded {}",
                     response.status()
                 )))
             }

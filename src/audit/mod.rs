@@ -386,7 +386,7 @@ pub fn read_stopped_store(
     let db = sled::Config::new().path(store).open().map_err(|e| {
         AuditError::Unavailable(format!(
             "cannot open the store at {}: {e}; if a proxy is running on it, its audit socket {} \
-             did not answer",
+             did not respond",
             store.display(),
             socket::socket_path(store).display()
         ))

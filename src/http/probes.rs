@@ -112,7 +112,7 @@ pub async fn proxy_ready(
             .card
             .send(GetHealth)
             .await
-            .map_err(|e| format!("the card actor did not answer: {e}"))?;
+            .map_err(|e| format!("the card actor did not respond: {e}"))?;
         match health.state {
             "disconnected" => Err(format!(
                 "card not connected ({}): {}",
@@ -126,7 +126,7 @@ pub async fn proxy_ready(
         upstream_link
             .send(Probe)
             .await
-            .map_err(|e| format!("the upstream actor did not answer: {e}"))?
+            .map_err(|e| format!("the upstream actor did not respond: {e}"))?
             .map_err(|e| e.to_string())
     });
 
@@ -147,7 +147,7 @@ pub async fn server_ready(counter: web::Data<Addr<CounterActor>>) -> HttpRespons
         let stats = counter
             .send(Stats)
             .await
-            .map_err(|e| format!("the counter actor did not answer: {e}"))?;
+            .map_err(|e| format!("the counter actor did not respond: {e}"))?;
         if stats.open {
             Ok(())
         } else {

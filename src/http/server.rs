@@ -225,7 +225,7 @@ fn server_scrape(metrics: Arc<ServerMetrics>, counter: Addr<CounterActor>) -> Sc
                     gauges.waiting = stats.waiting as u64;
                     gauges.failed_batches = stats.failed_batches;
                 }
-                Err(e) => tracing::warn!(error = %e, "metrics: the counter actor did not answer"),
+                Err(e) => tracing::warn!(error = %e, "metrics: the counter actor did not respond"),
             }
             metrics.render(&gauges)
         })

@@ -13,7 +13,7 @@ pub mod authenticator;
 pub mod engine;
 pub mod udp;
 
-/// What a CTAP2 request needs after it has been parsed and checked.
+/// The next step of a CTAP2 request after it has been parsed and checked.
 #[derive(Debug)]
 pub enum Step<P> {
     /// The response is ready: a status byte followed by the CBOR map, if any.
@@ -22,13 +22,13 @@ pub enum Step<P> {
     NeedsPresence(P),
 }
 
-/// How the wait for the person at the card ended.
+/// Outcome of the wait for the person at the card.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PresenceOutcome {
     Approved,
     /// The person pressed No (CTAP2 status 0x27).
     Denied,
-    /// Nobody answered in time (CTAP2 status 0x2F).
+    /// The person did not respond in time (CTAP2 status 0x2F).
     TimedOut,
     /// The host sent CTAPHID CANCEL (CTAP2 status 0x2D).
     Cancelled,

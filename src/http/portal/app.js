@@ -833,7 +833,7 @@
       showStatus('info', 'Ready. Enroll, or log in if you are already enrolled.', '');
       return;
     }
-    showStatus('error', 'The proxy did not answer the session check.', status.details);
+    showStatus('error', 'The proxy did not respond to the session check.', status.details);
   }
 
   start();

@@ -129,7 +129,7 @@ impl RunningProxy {
                     "stopping: no new connections; open requests may finish"
                 );
                 if let Err(e) = card.send(card::Shutdown).await {
-                    tracing::warn!(error = %e, "the card actor did not answer the shutdown");
+                    tracing::warn!(error = %e, "the card actor did not respond to the shutdown");
                 }
                 let ((), result) = tokio::join!(handle.stop(true), server);
                 result
@@ -450,11 +450,11 @@ fn proxy_scrape(
                     gauges.card_restarts = u64::from(health.restarts);
                     gauges.card_queued = health.queued as u64;
                 }
-                Err(e) => tracing::warn!(error = %e, "metrics: the card actor did not answer"),
+                Err(e) => tracing::warn!(error = %e, "metrics: the card actor did not respond"),
             }
             match sessions.send(sessions::Count).await {
                 Ok(count) => gauges.sessions = count as u64,
-                Err(e) => tracing::warn!(error = %e, "metrics: the sessions actor did not answer"),
+                Err(e) => tracing::warn!(error = %e, "metrics: the sessions actor did not respond"),
             }
             metrics.render(&gauges)
         })

@@ -286,8 +286,8 @@ impl ProxyState {
     }
 }
 
-/// The TCP peer's address. Forwarding headers are never consulted: a
-/// client could write anything there.
+/// Returns the TCP peer's address. Forwarding headers are never
+/// consulted, because a client could write anything there.
 fn peer_ip(req: &HttpRequest) -> Option<std::net::IpAddr> {
     req.peer_addr().map(|a| a.ip())
 }
