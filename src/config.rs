@@ -263,8 +263,9 @@ pub struct Upstream {
     pub client_cert: PathBuf,
     /// PEM private key of `client_cert`.
     pub client_key: PathBuf,
-    /// Pooled connections to the server, shared evenly among the HTTP
-    /// workers (each keeps at least one).
+    /// HTTP/2 connections kept open to the server, shared evenly among the
+    /// HTTP workers (each keeps at least one). Each carries many requests
+    /// at once.
     #[serde(default = "Upstream::default_pool_size")]
     pub pool_size: usize,
     /// Milliseconds allowed for TCP connect plus TLS handshake.
@@ -295,7 +296,7 @@ impl Upstream {
     }
 
     fn default_pool_size() -> usize {
-        64
+        2
     }
 
     fn default_connect_timeout_ms() -> u64 {

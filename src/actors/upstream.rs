@@ -1,17 +1,30 @@
 //! The upstream actor: the proxy's link to k_server.
 //!
-//! It owns one HTTP client with mutual TLS (the proxy's client certificate)
-//! and a bounded pool of kept-alive connections, so TLS handshakes are paid
-//! once per pooled connection, not once per request. Requests run
-//! concurrently inside the actor; the mailbox only hands them out. The proxy
-//! starts one such actor on each HTTP worker thread, so that forwarding
-//! spreads over the workers like the incoming connections do.
+//! k_server is reached over HTTP/2 with mutual TLS (the proxy's client
+//! certificate). One HTTP/2 connection carries many requests at once, so
+//! the requests a worker forwards in one turn of its event loop leave in one
+//! TLS record and one system call, and their replies come back the same way.
+//! Over HTTP/1.1 every request in flight needs a connection of its own and
+//! costs two system calls on each side; with many clients that was the
+//! largest share of the proxy's and k_server's CPU time.
+//!
+//! The proxy starts one such actor on each HTTP worker thread. It keeps its
+//! share of `upstream.pool_size` connections, opens them on first use and
+//! again after they break, and hands requests to them in turn. Requests run
+//! concurrently inside the actor; the mailbox only hands them out.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use awc::error::{ConnectError, SendRequestError};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode, Uri};
+use actix_web::web::{Bytes, BytesMut};
+use futures_util::future::{FutureExt, LocalBoxFuture, Shared};
+use h2::client::SendRequest;
+use rustls_pki_types::ServerName;
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -20,9 +33,19 @@ use crate::error::ApiError;
 /// reply is a few dozen bytes; anything near this limit is a fault.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
+/// Maximum size of a response's header list k_server may send, in bytes.
+const MAX_HEADER_BYTES: u32 = 16 * 1024;
+
+/// HTTP/2 flow-control window for each response and for a whole
+/// connection, in bytes. Replies are small, so this window is never the
+/// limit and the proxy rarely has to send window updates.
+const WINDOW_BYTES: u32 = 1024 * 1024;
+
+/// The ALPN protocol id of HTTP/2.
+const ALPN_H2: &[u8] = b"h2";
+
 /// Header that carries the proxy's request id to k_server.
-const REQUEST_ID: awc::http::header::HeaderName =
-    awc::http::header::HeaderName::from_static("x-request-id");
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Settings of the proxy's link to k_server.
 #[derive(Clone)]
@@ -30,20 +53,17 @@ pub struct UpstreamSettings {
     /// Base URL, such as `https://127.0.0.1:9443`.
     pub base_url: String,
     pub tls: Arc<rustls::ClientConfig>,
-    /// Most connections kept open to k_server at once.
-    pub pool_size: usize,
+    /// Deadline for TCP connect plus TLS and HTTP/2 handshakes.
     pub connect_timeout: Duration,
     /// Deadline for one whole request, connection included.
     pub request_timeout: Duration,
 }
 
 pub struct UpstreamActor {
-    settings: UpstreamSettings,
-    client: awc::Client,
-    /// The counter endpoint, parsed once; its text is shared with the
-    /// futures of requests for their error messages.
-    counter_uri: awc::http::Uri,
-    counter_url: Arc<str>,
+    target: Arc<Target>,
+    links: Vec<Rc<Link>>,
+    /// The link the next request goes to.
+    next: usize,
 }
 
 // Messages.
@@ -67,47 +87,249 @@ struct CounterReply {
     value: Option<u64>,
 }
 
-impl UpstreamActor {
-    pub fn new(settings: UpstreamSettings) -> Self {
-        let connector = awc::Connector::new()
-            .rustls_0_23(settings.tls.clone())
-            .timeout(settings.connect_timeout)
-            .handshake_timeout(settings.connect_timeout)
-            .limit(settings.pool_size)
-            .conn_keep_alive(Duration::from_secs(30));
-        let client = awc::Client::builder()
-            .connector(connector)
-            .timeout(settings.request_timeout)
-            .disable_redirects()
-            .finish();
-        let counter_url = format!(
-            "{}/resource/counter",
-            settings.base_url.trim_end_matches('/')
-        );
-        // The config loader has checked `upstream.url`; a URL that still
-        // fails to parse makes every request fail with an invalid-URL error.
-        let counter_uri = counter_url.parse().unwrap_or_default();
-        UpstreamActor {
-            settings,
-            client,
-            counter_uri,
-            counter_url: counter_url.into(),
+/// Where and how to reach k_server: checked once when the proxy starts and
+/// shared by the upstream actors of all workers.
+pub struct Target {
+    /// The base URL as configured, for messages.
+    base_url: String,
+    host: String,
+    port: u16,
+    server_name: ServerName<'static>,
+    tls: tokio_rustls::TlsConnector,
+    counter_uri: Uri,
+    health_uri: Uri,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+}
+
+/// A failure to reach k_server or to get a usable reply.
+#[derive(Debug, Clone)]
+enum Failure {
+    /// A deadline passed; the text says which.
+    Timeout(String),
+    Failed(String),
+}
+
+impl From<Failure> for ApiError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Timeout(text) => ApiError::UpstreamTimeout(text),
+            Failure::Failed(text) => ApiError::UpstreamFailed(text),
         }
     }
 }
 
-/// Maps a failed upstream request to the client-facing error: a deadline
-/// becomes 504, a refused or broken connection 502.
-fn send_error(url: &str, e: SendRequestError) -> ApiError {
-    match e {
-        SendRequestError::Timeout | SendRequestError::Connect(ConnectError::Timeout) => {
-            ApiError::UpstreamTimeout(format!("{url} did not respond in time"))
+type Opening = Shared<LocalBoxFuture<'static, Result<SendRequest<Bytes>, Failure>>>;
+
+/// One HTTP/2 connection to k_server. It is opened when a request needs it
+/// and reopened after it broke; requests that arrive while it opens wait
+/// for that one attempt instead of starting their own.
+#[derive(Default)]
+struct Link {
+    state: RefCell<LinkState>,
+}
+
+#[derive(Default)]
+enum LinkState {
+    #[default]
+    Closed,
+    Opening(Opening),
+    /// An open connection and its number, which tells a request whether
+    /// the connection it saw fail is still the current one.
+    Open(SendRequest<Bytes>, u64),
+}
+
+impl Link {
+    /// Returns a handle on the open connection and its number, opening the
+    /// connection first when there is none.
+    async fn sender(&self, target: &Arc<Target>) -> Result<(SendRequest<Bytes>, u64), Failure> {
+        let opening = {
+            let mut state = self.state.borrow_mut();
+            match &*state {
+                LinkState::Open(sender, number) => return Ok((sender.clone(), *number)),
+                LinkState::Opening(opening) => opening.clone(),
+                LinkState::Closed => {
+                    let opening = open(target.clone()).boxed_local().shared();
+                    *state = LinkState::Opening(opening.clone());
+                    opening
+                }
+            }
+        };
+        let result = opening.clone().await;
+        let mut state = self.state.borrow_mut();
+        // Every waiter of one attempt gets here; the first one records the
+        // outcome, unless a newer attempt has replaced it already.
+        if let LinkState::Opening(current) = &*state {
+            if current.ptr_eq(&opening) {
+                *state = match &result {
+                    Ok(sender) => LinkState::Open(sender.clone(), next_connection_number()),
+                    Err(_) => LinkState::Closed,
+                };
+            }
         }
-        SendRequestError::Connect(e) => {
-            ApiError::UpstreamFailed(format!("cannot connect to {url}: {e}"))
+        match (&*state, result) {
+            (LinkState::Open(_, number), Ok(sender)) => Ok((sender, *number)),
+            // Opened, and already replaced: still a working handle.
+            (_, Ok(sender)) => Ok((sender, 0)),
+            (_, Err(failure)) => Err(failure),
         }
-        other => ApiError::UpstreamFailed(format!("request to {url} failed: {other}")),
     }
+
+    /// Forgets connection `number` after it failed, so that the next
+    /// request opens a new one.
+    fn close(&self, number: u64) {
+        let mut state = self.state.borrow_mut();
+        if matches!(&*state, LinkState::Open(_, current) if *current == number) {
+            *state = LinkState::Closed;
+        }
+    }
+}
+
+/// Numbers connections across the actor's links; 0 is never used.
+fn next_connection_number() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Opens one connection: TCP, TLS with HTTP/2 agreed by ALPN, and the
+/// HTTP/2 preface, all within the connect timeout. The connection's own
+/// task runs on the calling thread until the last handle is dropped or the
+/// connection fails.
+async fn open(target: Arc<Target>) -> Result<SendRequest<Bytes>, Failure> {
+    let url = target.base_url.as_str();
+    let connect = async {
+        let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| Failure::Failed(format!("cannot connect to {url}: {e}")))?;
+        // Requests are small and must leave at once.
+        tcp.set_nodelay(true)
+            .map_err(|e| Failure::Failed(format!("cannot set TCP_NODELAY towards {url}: {e}")))?;
+        let tls = target
+            .tls
+            .connect(target.server_name.clone(), tcp)
+            .await
+            .map_err(|e| Failure::Failed(format!("TLS handshake with {url} failed: {e}")))?;
+        if tls.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
+            return Err(Failure::Failed(format!(
+                "{url} does not offer HTTP/2; point upstream.url at a cardgate server of the same version"
+            )));
+        }
+        h2::client::Builder::new()
+            .initial_window_size(WINDOW_BYTES)
+            .initial_connection_window_size(WINDOW_BYTES)
+            .max_header_list_size(MAX_HEADER_BYTES)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(|e| Failure::Failed(format!("HTTP/2 handshake with {url} failed: {e}")))
+    };
+    let (sender, connection) = tokio::time::timeout(target.connect_timeout, connect)
+        .await
+        .map_err(|_| {
+            Failure::Timeout(format!(
+                "cannot connect to {url} within {} ms (upstream.connect_timeout_ms)",
+                target.connect_timeout.as_millis()
+            ))
+        })??;
+    tracing::debug!(url, "connected to k_server");
+    actix_rt::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "connection to k_server ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// Sends one request without a body on `link` and returns the status and
+/// body of the reply.
+///
+/// A request is sent again on a new connection only when it never left:
+/// when the connection turned out closed before the request went out, or
+/// when k_server refused the stream unprocessed. Any other failure after
+/// sending is reported, because k_server may have counted the request.
+async fn exchange(
+    link: &Link,
+    target: &Arc<Target>,
+    method: Method,
+    uri: &Uri,
+    request_id: Option<&str>,
+) -> Result<(StatusCode, Bytes), Failure> {
+    let url = target.base_url.as_str();
+    let failed = |what: &str, e: h2::Error| Failure::Failed(format!("{what} {url} failed: {e}"));
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let retry_allowed = attempts < 2;
+        let (sender, number) = link.sender(target).await?;
+        let mut sender = match sender.ready().await {
+            Ok(sender) => sender,
+            Err(e) => {
+                link.close(number);
+                if retry_allowed {
+                    continue;
+                }
+                return Err(failed("the connection to", e));
+            }
+        };
+        let mut request = http::Request::new(());
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = uri.clone();
+        if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+            request.headers_mut().insert(REQUEST_ID, id);
+        }
+        let response = match sender.send_request(request, true) {
+            Ok((response, _)) => response.await,
+            Err(e) => Err(e),
+        };
+        let response = match response {
+            Ok(response) => response,
+            Err(e) => {
+                if e.is_io() || e.is_go_away() {
+                    link.close(number);
+                }
+                if retry_allowed && e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                    continue;
+                }
+                return Err(failed("request to", e));
+            }
+        };
+        let (head, mut body) = response.into_parts();
+        let mut bytes = BytesMut::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(|e| failed("reading the reply of", e))?;
+            // The window is released at once: the body is bounded below.
+            let _ = body.flow_control().release_capacity(chunk.len());
+            if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(Failure::Failed(format!(
+                    "{url} sent a reply larger than {MAX_RESPONSE_BYTES} bytes"
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        return Ok((head.status, bytes.freeze()));
+    }
+}
+
+/// [`exchange`] within the request timeout.
+async fn exchange_in_time(
+    link: &Link,
+    target: &Arc<Target>,
+    method: Method,
+    uri: &Uri,
+    request_id: Option<&str>,
+) -> Result<(StatusCode, Bytes), Failure> {
+    tokio::time::timeout(
+        target.request_timeout,
+        exchange(link, target, method, uri, request_id),
+    )
+    .await
+    .map_err(|_| {
+        Failure::Timeout(format!(
+            "{} did not respond within {} ms (upstream.request_timeout_ms)",
+            target.base_url,
+            target.request_timeout.as_millis()
+        ))
+    })?
 }
 
 /// Returns the `details` of k_server's JSON error body, or the start of the
@@ -123,12 +345,105 @@ fn upstream_error_text(body: &[u8]) -> String {
     }
 }
 
+/// Reads the counter value from k_server's reply.
+fn counter_value(url: &str, status: StatusCode, body: &[u8]) -> Result<u64, ApiError> {
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        return Err(ApiError::UpstreamUnavailable(format!(
+            "{url} responded 503; k_server is starting, stopping or overloaded"
+        )));
+    }
+    if !status.is_success() {
+        return Err(ApiError::UpstreamFailed(format!(
+            "{url} responded {status}: {}",
+            upstream_error_text(body)
+        )));
+    }
+    match serde_json::from_slice::<CounterReply>(body) {
+        Ok(CounterReply {
+            ok: true,
+            value: Some(value),
+        }) => Ok(value),
+        Ok(_) => Err(ApiError::UpstreamFailed(format!(
+            "{url} responded without a counter value"
+        ))),
+        Err(e) => Err(ApiError::UpstreamFailed(format!(
+            "{url} responded with invalid JSON: {e}"
+        ))),
+    }
+}
+
+impl Target {
+    /// Checks the URL and the TLS settings; nothing connects yet.
+    pub fn new(settings: &UpstreamSettings) -> Result<Self, String> {
+        let base = settings.base_url.trim_end_matches('/');
+        let uri: Uri = base
+            .parse()
+            .map_err(|e| format!("upstream.url {:?} is not a URL: {e}", settings.base_url))?;
+        if uri.scheme_str() != Some("https") {
+            return Err(format!(
+                "upstream.url {:?} is not an https:// URL",
+                settings.base_url
+            ));
+        }
+        // `Uri::host` keeps the brackets of an IPv6 address.
+        let host = uri
+            .host()
+            .map(|host| host.trim_matches(['[', ']']).to_string())
+            .filter(|host| !host.is_empty())
+            .ok_or_else(|| format!("upstream.url {:?} has no host", settings.base_url))?;
+        let server_name = ServerName::try_from(host.clone()).map_err(|e| {
+            format!(
+                "upstream.url {:?}: {host:?} is not a valid TLS server name: {e}",
+                settings.base_url
+            )
+        })?;
+        let endpoint = |path: &str| {
+            format!("{base}{path}")
+                .parse::<Uri>()
+                .map_err(|e| format!("upstream.url {:?} + {path}: {e}", settings.base_url))
+        };
+        let mut tls = (*settings.tls).clone();
+        tls.alpn_protocols = vec![ALPN_H2.to_vec()];
+        Ok(Target {
+            base_url: base.to_string(),
+            port: uri.port_u16().unwrap_or(443),
+            host,
+            server_name,
+            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            counter_uri: endpoint("/resource/counter")?,
+            health_uri: endpoint("/health")?,
+            connect_timeout: settings.connect_timeout,
+            request_timeout: settings.request_timeout,
+        })
+    }
+}
+
+impl UpstreamActor {
+    /// An actor with `connections` links to `target` (at least one).
+    pub fn new(target: Arc<Target>, connections: usize) -> Self {
+        UpstreamActor {
+            target,
+            links: (0..connections.max(1))
+                .map(|_| Rc::new(Link::default()))
+                .collect(),
+            next: 0,
+        }
+    }
+
+    /// The link for the next request, in turn.
+    fn next_link(&mut self) -> Rc<Link> {
+        let link = self.links[self.next % self.links.len()].clone();
+        self.next = self.next.wrapping_add(1);
+        link
+    }
+}
+
 impl Actor for UpstreamActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(super::WORKER_MAILBOX_CAPACITY);
-        tracing::info!(url = %self.settings.base_url, pool = self.settings.pool_size, "upstream link ready");
+        tracing::info!(url = %self.target.base_url, connections = self.links.len(), "upstream link ready");
     }
 }
 
@@ -136,45 +451,13 @@ impl Handler<IncrementCounter> for UpstreamActor {
     type Result = ResponseFuture<Result<u64, ApiError>>;
 
     fn handle(&mut self, msg: IncrementCounter, _: &mut Self::Context) -> Self::Result {
-        let request = self
-            .client
-            .post(self.counter_uri.clone())
-            .insert_header((REQUEST_ID, msg.request_id))
-            .send();
-        let url = self.counter_url.clone();
+        let link = self.next_link();
+        let target = self.target.clone();
         Box::pin(async move {
-            let mut response = request.await.map_err(|e| send_error(&url, e))?;
-            let status = response.status();
-            let body = response
-                .body()
-                .limit(MAX_RESPONSE_BYTES)
-                .await
-                .map_err(|e| {
-                    ApiError::UpstreamFailed(format!("reading the reply of {url} failed: {e}"))
-                })?;
-            if status.as_u16() == 503 {
-                return Err(ApiError::UpstreamUnavailable(format!(
-                    "{url} responded 503; k_server is starting, stopping or overloaded"
-                )));
-            }
-            if !status.is_success() {
-                return Err(ApiError::UpstreamFailed(format!(
-                    "{url} responded {status}: {}",
-                    upstream_error_text(&body)
-                )));
-            }
-            match serde_json::from_slice::<CounterReply>(&body) {
-                Ok(CounterReply {
-                    ok: true,
-                    value: Some(value),
-                }) => Ok(value),
-                Ok(_) => Err(ApiError::UpstreamFailed(format!(
-                    "{url} responded without a counter value"
-                ))),
-                Err(e) => Err(ApiError::UpstreamFailed(format!(
-                    "{url} responded with invalid JSON: {e}"
-                ))),
-            }
+            let uri = &target.counter_uri;
+            let (status, body) =
+                exchange_in_time(&link, &target, Method::POST, uri, Some(&msg.request_id)).await?;
+            counter_value(&target.base_url, status, &body)
         })
     }
 }
@@ -183,18 +466,54 @@ impl Handler<Probe> for UpstreamActor {
     type Result = ResponseFuture<Result<(), ApiError>>;
 
     fn handle(&mut self, _: Probe, _: &mut Self::Context) -> Self::Result {
-        let url = format!("{}/health", self.settings.base_url.trim_end_matches('/'));
-        let request = self.client.get(&url).send();
+        let link = self.next_link();
+        let target = self.target.clone();
         Box::pin(async move {
-            let response = request.await.map_err(|e| send_error(&url, e))?;
-            if response.status().is_success() {
+            let uri = &target.health_uri;
+            let (status, _) = exchange_in_time(&link, &target, Method::GET, uri, None).await?;
+            if status.is_success() {
                 Ok(())
             } else {
                 Err(ApiError::UpstreamFailed(format!(
-                    "{url} responded {}",
-                    response.status()
+                    "{uri} responded {status}"
                 )))
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_value_reads_the_reply() {
+        let url = "https://k";
+        assert_eq!(
+            counter_value(url, StatusCode::OK, br#"{"ok":true,"value":7}"#),
+            Ok(7)
+        );
+        assert!(matches!(
+            counter_value(url, StatusCode::SERVICE_UNAVAILABLE, b""),
+            Err(ApiError::UpstreamUnavailable(_))
+        ));
+        let Err(ApiError::UpstreamFailed(text)) = counter_value(
+            url,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            br#"{"ok":false,"details":"disk full"}"#,
+        ) else {
+            panic!("a 500 is a failure");
+        };
+        assert!(text.contains("disk full"), "{text}");
+        for body in [
+            &br#"{"ok":true}"#[..],
+            b"not json",
+            br#"{"ok":false,"value":1}"#,
+        ] {
+            assert!(matches!(
+                counter_value(url, StatusCode::OK, body),
+                Err(ApiError::UpstreamFailed(_))
+            ));
+        }
     }
 }

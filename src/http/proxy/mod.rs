@@ -26,7 +26,7 @@ use crate::actors::operations::OperationsActor;
 use crate::actors::ratelimit::{RateLimitActor, RateLimitSettings};
 use crate::actors::session_cache::SessionCache;
 use crate::actors::sessions::{self, SessionSettings, SessionsActor};
-use crate::actors::upstream::{UpstreamActor, UpstreamSettings};
+use crate::actors::upstream::{self as upstream_link, UpstreamActor, UpstreamSettings};
 use crate::audit::socket::AuditSocket;
 use crate::audit::{AuditAction, AuditEvent};
 use crate::config::{ConfigError, ProxyConfig};
@@ -214,7 +214,7 @@ fn bad_key(key: &str, message: impl Into<String>) -> StartError {
     })
 }
 
-/// Connections each worker's upstream actor may keep open: `pool_size`
+/// Connections each worker's upstream actor keeps open: `pool_size`
 /// (the whole proxy's limit) shared evenly, at least one per worker.
 fn worker_pool_size(pool_size: usize, workers: usize) -> usize {
     (pool_size / workers.max(1)).max(1)
@@ -310,13 +310,15 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let upstream = UpstreamSettings {
+    let upstream = upstream_link::Target::new(&UpstreamSettings {
         base_url: config.upstream.url.clone(),
         tls: Arc::new(upstream_tls),
-        pool_size: worker_pool_size(config.upstream.pool_size, workers),
         connect_timeout: Duration::from_millis(config.upstream.connect_timeout_ms),
         request_timeout: Duration::from_millis(config.upstream.request_timeout_ms),
-    };
+    })
+    .map(Arc::new)
+    .map_err(|e| bad_key("upstream.url", e))?;
+    let worker_connections = worker_pool_size(config.upstream.pool_size, workers);
 
     let operations = OperationsActor::new(events.clone()).start();
     let limits = RateLimitActor::new(RateLimitSettings {
@@ -372,13 +374,13 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
     let http = config.http.clone();
     let builder = HttpServer::new(move || {
         // The factory runs once on each worker's thread, so each worker gets
-        // its own session cache and upstream actor (with its own connection
-        // pool), and a protected call runs on its worker's thread from
+        // its own session cache and upstream actor (with its own
+        // connections to k_server), and a protected call runs on its worker's thread from
         // start to end. One shared actor of each kind would put two round
         // trips to another thread on every call, and run every forwarded
         // request on that one thread.
         let cache = SessionCache::new(state.sessions.clone(), session_settings).start();
-        let upstream = UpstreamActor::new(upstream.clone()).start();
+        let upstream = UpstreamActor::new(upstream.clone(), worker_connections).start();
         App::new()
             .app_data(state.clone())
             .app_data(tracking.clone())
