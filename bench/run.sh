@@ -18,7 +18,7 @@
 #   SERVER_REQUESTS_N=50000     requests of one k_server run with more clients
 #   WRK_THREADS=1       wrk threads (one event loop per thread)
 #   WORKERS=0           HTTP workers of proxy and server; 0 is one per core
-#   POOL_SIZE=64        the proxy's upstream.pool_size (64 is its default)
+#   POOL_SIZE=          the proxy's upstream.pool_size; empty keeps its default
 #   SECTIONS="proxy server"     which parts to run
 #   OUT=bench/results/DATE      where results go
 #   BIN=target/release/cardgate
@@ -26,6 +26,8 @@
 #   BASELINE_BIN=       another cardgate binary (an older build) whose proxy
 #                       runs as target "baseline" in the same runs, for a
 #                       before/after comparison under the same conditions
+#   BASELINE_POOL_SIZE= upstream.pool_size of the baseline proxy; empty
+#                       keeps its default
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -37,7 +39,8 @@ SERVER_REQUESTS_1=${SERVER_REQUESTS_1:-2000}
 SERVER_REQUESTS_N=${SERVER_REQUESTS_N:-50000}
 WRK_THREADS=${WRK_THREADS:-1}
 WORKERS=${WORKERS:-0}
-POOL_SIZE=${POOL_SIZE:-64}
+POOL_SIZE=${POOL_SIZE:-}
+BASELINE_POOL_SIZE=${BASELINE_POOL_SIZE:-}
 SECTIONS=${SECTIONS:-"proxy server"}
 OUT=${OUT:-bench/results/$(date +%Y%m%d-%H%M%S)}
 BIN=${BIN:-target/release/cardgate}
@@ -125,7 +128,8 @@ path = "server-store"
 workers = $WORKERS
 EOF
 
-# Writes the config of a proxy on port $1 whose state lives in folder $2.
+# Writes the config of a proxy on port $1 whose state lives in folder $2,
+# with upstream.pool_size $3 when it is not empty.
 proxy_toml() {
 cat <<EOF
 listen = "127.0.0.1:$1"
@@ -137,7 +141,7 @@ url = "https://127.0.0.1:$SERVER_PORT"
 ca = "certs/ca.crt"
 client_cert = "certs/proxy-client.crt"
 client_key = "certs/proxy-client.key"
-pool_size = $POOL_SIZE
+${3:+pool_size = $3}
 [card]
 device = "sim"
 sim_presence = "approve"
@@ -149,9 +153,11 @@ rp_id = "localhost"
 origin = "https://localhost:$1"
 [http]
 workers = $WORKERS
+[metrics]
+listen = ""
 EOF
 }
-proxy_toml "$PROXY_PORT" proxy-state >"$WORK/proxy.toml"
+proxy_toml "$PROXY_PORT" proxy-state "$POOL_SIZE" >"$WORK/proxy.toml"
 
 # nginx forwards to the same k_server with the proxy's client certificate
 # and keeps up to 512 idle connections per worker open, so that it does not
@@ -203,7 +209,7 @@ STARTED_PIDS+=("$PROXY_PID")
 wait_for_port "$PROXY_PORT"
 if [[ -n ${BASELINE_BIN:-} ]]; then
     BASELINE_PORT=$(free_port)
-    proxy_toml "$BASELINE_PORT" baseline-state >"$WORK/baseline.toml"
+    proxy_toml "$BASELINE_PORT" baseline-state "$BASELINE_POOL_SIZE" >"$WORK/baseline.toml"
     (cd "$WORK" && RUST_LOG=$LOG exec "$BASELINE_BIN" proxy --config baseline.toml >baseline.log 2>&1) &
     BASELINE_PID=$!
     STARTED_PIDS+=("$BASELINE_PID")

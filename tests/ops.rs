@@ -524,3 +524,45 @@ fn client_login_shows_progress_and_keeps_token_private() {
     assert!(!ok);
     assert!(stderr.contains("not logged in"), "{stderr}");
 }
+
+#[test]
+fn taken_ports_stop_start_with_a_message_and_no_panic() {
+    let chain = Chain::new();
+    chain.write_configs(&ChainOptions {
+        metrics: true,
+        ..ChainOptions::default()
+    });
+    let config = |name: &str| chain.path(name).to_str().expect("utf-8 path").to_string();
+    let (proxy_toml, server_toml) = (config("proxy.toml"), config("server.toml"));
+    let cases = [
+        ("proxy", proxy_toml.as_str(), chain.proxy_port, "`listen`"),
+        (
+            "proxy",
+            proxy_toml.as_str(),
+            chain.proxy_metrics_port,
+            "`metrics.listen`",
+        ),
+        (
+            "server",
+            server_toml.as_str(),
+            chain.server_port,
+            "cannot listen on",
+        ),
+    ];
+    for (role, path, port, expected) in cases {
+        let taken = std::net::TcpListener::bind(("127.0.0.1", port)).expect("take the port");
+        let output = chain.run(&[role, "--config", path]);
+        drop(taken);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{role} on port {port}: {stderr}"
+        );
+        assert!(stderr.contains(expected), "{role} on port {port}: {stderr}");
+        assert!(
+            !stderr.contains("panicked"),
+            "{role} on port {port}: {stderr}"
+        );
+    }
+}

@@ -39,8 +39,14 @@ pub async fn body_deadline(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     if let Some(BodyTimeout(timeout)) = req.app_data::<BodyTimeout>().copied() {
+        let inner = req.take_payload();
+        // A request without a body (most API calls) has nothing to wait
+        // for, and skips the timer.
+        if matches!(inner, Payload::None) {
+            return next.call(req).await;
+        }
         let body = DeadlineBody {
-            inner: req.take_payload(),
+            inner,
             deadline: Box::pin(tokio::time::sleep(timeout)),
             timeout,
             expired: false,
@@ -84,6 +90,22 @@ impl Stream for DeadlineBody {
             ),
         )))))
     }
+}
+
+/// Returns a role's start-up result; after a failure it first lets the
+/// actors that start-up had already started run once.
+///
+/// actix starts an actor on its first poll. An actor that was never polled
+/// when the failed start-up drops the system is started from that drop,
+/// outside the runtime, and an actor that sets a timer in `started` (the
+/// card's heartbeat) then panics.
+pub async fn settle_failed_start<T>(
+    result: Result<T, crate::error::StartError>,
+) -> Result<T, crate::error::StartError> {
+    if result.is_err() {
+        tokio::task::yield_now().await;
+    }
+    result
 }
 
 /// Maps an error while reading a request body to the client-facing error.

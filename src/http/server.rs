@@ -125,6 +125,10 @@ impl SpawnedServer {
 /// Starts the server on `config.listen`. Must run inside an actix System,
 /// and the counter actor runs on the calling arbiter.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
+    crate::http::settle_failed_start(start_parts(config).await).await
+}
+
+async fn start_parts(config: ServerConfig) -> Result<RunningServer, StartError> {
     // 1. TLS: client certificates from `tls.client_ca` are required.
     let tls = crate::tls::server_config(
         &config.tls.cert,

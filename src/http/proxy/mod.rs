@@ -223,6 +223,10 @@ fn worker_pool_size(pool_size: usize, workers: usize) -> usize {
 /// Starts the proxy's actors and binds its listener. Must run inside an
 /// actix system.
 pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
+    crate::http::settle_failed_start(start_parts(config).await).await
+}
+
+async fn start_parts(config: ProxyConfig) -> Result<RunningProxy, StartError> {
     // TLS towards browsers and clients, and mutual TLS towards k_server.
     let server_tls = crate::tls::server_config(&config.tls.cert, &config.tls.key, None)
         .map_err(|e| StartError::Tls(e.to_string()))?;
