@@ -126,6 +126,8 @@ client_ca = "certs/ca.crt"
 path = "server-store"
 [http]
 workers = $WORKERS
+[metrics]
+listen = ""
 EOF
 
 # Writes the config of a proxy on port $1 whose state lives in folder $2,
