@@ -135,7 +135,9 @@ fn end_to_end(
         .and_then(|l| l.local_addr())
         .map_err(|e| e.to_string())?
         .port();
-    // k_server is not needed: enrollment and login never reach it.
+    // k_server is not needed: enrollment and login never reach it. Every
+    // request comes from one address, so the per-address limit is lifted,
+    // and metrics stay off so that no fixed port can collide.
     std::fs::write(
         dir.join("proxy.toml"),
         format!(
@@ -143,7 +145,8 @@ fn end_to_end(
              [upstream]\nurl = \"https://127.0.0.1:9\"\nca = \"certs/ca.crt\"\n\
              client_cert = \"certs/proxy-client.crt\"\nclient_key = \"certs/proxy-client.key\"\n\
              [card]\ndevice = \"sim\"\nsim_state = \"card\"\n[store]\npath = \"proxy-store\"\n\
-             [webauthn]\nrp_id = \"localhost\"\norigin = \"https://localhost:{port}\"\n"
+             [webauthn]\nrp_id = \"localhost\"\norigin = \"https://localhost:{port}\"\n\
+             [limits]\naddress_burst = 1000000\n[metrics]\nlisten = \"\"\n"
         ),
     )
     .map_err(|e| e.to_string())?;
