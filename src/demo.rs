@@ -130,13 +130,19 @@ pub fn run(dir: &Path, port: u16) -> Result<(), DemoError> {
             .map_err(|e| DemoError::Setup(format!("k_proxy did not start: {e}")))?;
         print_banner(&dir, proxy.addr.port(), &upstream);
         let base = format!("https://localhost:{}", proxy.addr.port());
-        if let Err(e) = walkthrough(&base, &dir.join("certs").join("ca.crt")).await {
-            println!("the walkthrough failed: {e}\nthe daemons keep running; see the log above");
-        }
-        println!("\nPress Ctrl-C to stop.");
+        let ca = dir.join("certs").join("ca.crt");
 
+        // The HTTP server accepts connections only once `run_until` polls
+        // it, so the walkthrough runs inside the future that `run_until`
+        // waits on to stop.
         let stopped = proxy
             .run_until(async {
+                if let Err(e) = walkthrough(&base, &ca).await {
+                    println!(
+                        "the walkthrough failed: {e}\nthe daemons keep running; see the log above"
+                    );
+                }
+                println!("\nPress Ctrl-C to stop.");
                 let _ = tokio::signal::ctrl_c().await;
                 println!("\nstopping: finishing requests in flight");
                 "Ctrl-C"

@@ -526,7 +526,7 @@ fn client_login_shows_progress_and_keeps_token_private() {
 }
 
 #[test]
-fn taken_ports_stop_start_with_a_message_and_no_panic() {
+fn taken_port_fails_start_without_panic() {
     let chain = Chain::new();
     chain.write_configs(&ChainOptions {
         metrics: true,
@@ -565,4 +565,74 @@ fn taken_ports_stop_start_with_a_message_and_no_panic() {
             "{role} on port {port}: {stderr}"
         );
     }
+}
+
+#[test]
+fn demo_walkthrough_then_sigint_stop() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = common::process::free_tcp_port().to_string();
+    let mut demo = Command::new(common::process::BIN)
+        .args(["demo", "--dir", dir.path().to_str().expect("utf-8 path")])
+        .args(["--port", &port])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start cardgate demo");
+    let stdout = demo.stdout.take().expect("demo stdout");
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut output = String::new();
+    let finished = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match received.recv_timeout(left) {
+            Ok(line) => {
+                output.push_str(&line);
+                output.push('\n');
+                if line.contains("Press Ctrl-C to stop") {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    let killed = Command::new("kill")
+        .args(["-INT", &demo.id().to_string()])
+        .status()
+        .expect("run kill");
+    let stop_deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = demo.try_wait().expect("wait for demo") {
+            break Some(status);
+        }
+        if Instant::now() > stop_deadline {
+            let _ = demo.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    assert!(finished, "the walkthrough did not finish:\n{output}");
+    assert!(!output.contains("walkthrough failed"), "{output}");
+    assert!(
+        output.contains("3. counter     k_server returned"),
+        "{output}"
+    );
+    assert!(output.contains("refused with 401 after logout"), "{output}");
+    assert!(killed.success(), "kill -INT failed");
+    assert!(
+        status.is_some_and(|status| status.success()),
+        "demo did not stop cleanly on SIGINT: {status:?}"
+    );
 }
