@@ -550,9 +550,9 @@ fn taken_port_fails_start_without_panic() {
         ),
     ];
     for (role, path, port, expected) in cases {
-        let taken = std::net::TcpListener::bind(("127.0.0.1", port)).expect("take the port");
+        let holder = std::net::TcpListener::bind(("127.0.0.1", port)).expect("take the port");
         let output = chain.run(&[role, "--config", path]);
-        drop(taken);
+        drop(holder);
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         assert_eq!(
             output.status.code(),

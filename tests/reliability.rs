@@ -1239,3 +1239,97 @@ fn read_only_store_stops_start() {
     assert_eq!(status, 200, "{body}");
     assert!(value_of(&body) > first);
 }
+
+/// Accepts TLS connections on 127.0.0.1:`port` with k_server's certificate
+/// and replies to each request with a head that announces a 100-byte body it
+/// never sends. Stops when the returned flag is set or after 60 s.
+fn body_stalling_server(
+    chain: &Chain,
+    port: u16,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<usize>) {
+    use std::io::{Read, Write};
+
+    let tls = cardgate::tls::server_config(
+        &chain.path("certs/server.crt"),
+        &chain.path("certs/server.key"),
+        Some(&chain.path("certs/ca.crt")),
+    )
+    .expect("k_server's TLS config");
+    let tls = Arc::new(tls);
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind stalling server");
+    listener
+        .set_nonblocking(true)
+        .expect("nonblocking listener");
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut held = Vec::new();
+        while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+            let Ok((tcp, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            tcp.set_nonblocking(false).expect("blocking stream");
+            tcp.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("read timeout");
+            let Ok(connection) = rustls::ServerConnection::new(tls.clone()) else {
+                continue;
+            };
+            let mut stream = rustls::StreamOwned::new(connection, tcp);
+            let mut request = [0u8; 4096];
+            if matches!(stream.read(&mut request), Ok(n) if n > 0) {
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n";
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.flush();
+                held.push(stream);
+            }
+        }
+        held.len()
+    });
+    (stop, handle)
+}
+
+#[test]
+fn upstream_body_stall_times_out() {
+    const REQUEST_TIMEOUT: Duration = Duration::from_millis(1500);
+    // Scheduling slack on a busy machine.
+    const SLACK: Duration = Duration::from_millis(1000);
+
+    let chain = Chain::new();
+    let mut settings = chain.proxy_settings();
+    settings.upstream_keys = format!(
+        "connect_timeout_ms = 500\nrequest_timeout_ms = {}\n",
+        REQUEST_TIMEOUT.as_millis()
+    );
+    chain.write_proxy_config(&settings);
+    let (stop, server) = body_stalling_server(&chain, chain.server_port);
+    let _proxy = chain.proxy();
+    let client = chain.client();
+    wait_for_card(&client);
+    assert_eq!(client.enroll("alice").0, 200);
+    let (status, login) = client.login("alice");
+    assert_eq!(status, 200, "{login}");
+    let token = token_of(&login);
+
+    // One call at a time goes over HTTP/1.1, the path where a stalled body
+    // has to be bounded by the proxy itself.
+    for _ in 0..2 {
+        let started = Instant::now();
+        let (status, body) = client.counter(&token);
+        let took = started.elapsed();
+        assert_eq!(status, 504, "{body}");
+        assert_eq!(body["error"], "upstream_timeout", "{body}");
+        assert!(
+            took < REQUEST_TIMEOUT + SLACK,
+            "a stalled reply took {took:?}"
+        );
+        eprintln!("reply body stalled: 504 after {took:?}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let held = server.join().expect("stalling server thread");
+    assert!(
+        held > 0,
+        "the proxy never sent a request to the stalling server"
+    );
+}

@@ -13,8 +13,8 @@
 //! concurrently inside the actor; the mailbox only hands them out.
 //!
 //! When a worker forwards one request at a time, there is nothing to share
-//! a write with, and HTTP/2's per-request work (stream state, header
-//! compression, a task per stream in k_server) made those requests about
+//! a write with. HTTP/2's per-request work (stream state, header
+//! compression, a task per stream in k_server) then made requests about
 //! 10 % slower than over HTTP/1.1. So a request that finds no other in
 //! flight, on a worker that has had few in flight lately, goes over one kept-alive HTTP/1.1 connection instead. Under load every
 //! request takes HTTP/2, also at the moments when none happens to be in
@@ -326,20 +326,15 @@ async fn exchange(
     }
 }
 
-/// [`exchange`] within the request timeout.
-async fn exchange_in_time(
-    link: &Link,
-    target: &Arc<Target>,
-    method: Method,
-    uri: &Uri,
-    request_id: Option<&str>,
-) -> Result<(StatusCode, Bytes), Failure> {
-    tokio::time::timeout(
-        target.request_timeout,
-        exchange(link, target, method, uri, request_id),
-    )
-    .await
-    .map_err(|_| target.request_timed_out())?
+/// Runs one upstream exchange, connection and body included, within the
+/// request timeout.
+async fn within_request_timeout<T>(
+    target: &Target,
+    exchange: impl std::future::Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    tokio::time::timeout(target.request_timeout, exchange)
+        .await
+        .map_err(|_| target.request_timed_out())?
 }
 
 /// Moving average of the calls in flight that arriving counter calls find.
@@ -376,8 +371,9 @@ impl Drop for InFlight {
     }
 }
 
-/// Awaits an HTTP/1.1 request, whose deadline is the client's timeout,
-/// and reads the reply's status and body.
+/// Awaits an HTTP/1.1 request and reads the reply's status and body. awc's
+/// timeout ends only the wait for the reply's head, so callers bound the
+/// body with [`within_request_timeout`].
 async fn http1_reply(
     target: &Target,
     request: awc::SendClientRequest,
@@ -438,18 +434,15 @@ fn counter_value(url: &str, status: StatusCode, body: &[u8]) -> Result<u64, ApiE
 }
 
 impl Target {
-    /// Checks the URL and the TLS settings; nothing connects yet.
+    /// Takes the host, port and endpoints from the URL and prepares the TLS
+    /// settings of both protocols; nothing connects yet. The config loader
+    /// has already checked that the URL is `https://HOST[:PORT]`.
     pub fn new(settings: &UpstreamSettings) -> Result<Self, String> {
         let base = settings.base_url.trim_end_matches('/');
         let uri: Uri = base
             .parse()
             .map_err(|e| format!("upstream.url {:?} is not a URL: {e}", settings.base_url))?;
-        if uri.scheme_str() != Some("https") {
-            return Err(format!(
-                "upstream.url {:?} is not an https:// URL",
-                settings.base_url
-            ));
-        }
+
         // `Uri::host` keeps the brackets of an IPv6 address.
         let host = uri
             .host()
@@ -462,6 +455,7 @@ impl Target {
                 settings.base_url
             )
         })?;
+
         let endpoint = |path: &str| {
             format!("{base}{path}")
                 .parse::<Uri>()
@@ -471,6 +465,7 @@ impl Target {
         tls.alpn_protocols = vec![ALPN_H2.to_vec()];
         let mut tls_http1 = (*settings.tls).clone();
         tls_http1.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
+
         Ok(Target {
             base_url: base.to_string(),
             port: uri.port_u16().unwrap_or(443),
@@ -559,7 +554,8 @@ impl Handler<IncrementCounter> for UpstreamActor {
                 .insert_header((REQUEST_ID, msg.request_id))
                 .send();
             return Box::pin(async move {
-                let (status, body) = http1_reply(&target, request).await?;
+                let (status, body) =
+                    within_request_timeout(&target, http1_reply(&target, request)).await?;
                 drop(in_flight);
                 counter_value(&target.base_url, status, &body)
             });
@@ -567,8 +563,9 @@ impl Handler<IncrementCounter> for UpstreamActor {
         let link = self.next_link();
         Box::pin(async move {
             let uri = &target.counter_uri;
-            let (status, body) =
-                exchange_in_time(&link, &target, Method::POST, uri, Some(&msg.request_id)).await?;
+            let request_id = Some(msg.request_id.as_str());
+            let call = exchange(&link, &target, Method::POST, uri, request_id);
+            let (status, body) = within_request_timeout(&target, call).await?;
             drop(in_flight);
             counter_value(&target.base_url, status, &body)
         })
@@ -583,7 +580,8 @@ impl Handler<Probe> for UpstreamActor {
         let target = self.target.clone();
         Box::pin(async move {
             let uri = &target.health_uri;
-            let (status, _) = exchange_in_time(&link, &target, Method::GET, uri, None).await?;
+            let call = exchange(&link, &target, Method::GET, uri, None);
+            let (status, _) = within_request_timeout(&target, call).await?;
             if status.is_success() {
                 Ok(())
             } else {
