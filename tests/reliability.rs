@@ -1241,11 +1241,13 @@ fn read_only_store_stops_start() {
 }
 
 /// Accepts TLS connections on 127.0.0.1:`port` with k_server's certificate
-/// and replies to each request with a head that announces a 100-byte body it
-/// never sends. Stops when the returned flag is set or after 60 s.
-fn body_stalling_server(
+/// and answers the first request on each with `reply`, then holds the
+/// connection open. Stops when the returned flag is set or after 60 s;
+/// returns how many requests it answered.
+fn scripted_upstream(
     chain: &Chain,
     port: u16,
+    reply: &'static str,
 ) -> (Arc<AtomicBool>, std::thread::JoinHandle<usize>) {
     use std::io::{Read, Write};
 
@@ -1256,7 +1258,8 @@ fn body_stalling_server(
     )
     .expect("k_server's TLS config");
     let tls = Arc::new(tls);
-    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind stalling server");
+    let listener =
+        std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind scripted upstream");
     listener
         .set_nonblocking(true)
         .expect("nonblocking listener");
@@ -1279,8 +1282,7 @@ fn body_stalling_server(
             let mut stream = rustls::StreamOwned::new(connection, tcp);
             let mut request = [0u8; 4096];
             if matches!(stream.read(&mut request), Ok(n) if n > 0) {
-                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n";
-                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(reply.as_bytes());
                 let _ = stream.flush();
                 held.push(stream);
             }
@@ -1303,7 +1305,10 @@ fn upstream_body_stall_times_out() {
         REQUEST_TIMEOUT.as_millis()
     );
     chain.write_proxy_config(&settings);
-    let (stop, server) = body_stalling_server(&chain, chain.server_port);
+    // A head that announces a body it never sends.
+    let stalling =
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n";
+    let (stop, server) = scripted_upstream(&chain, chain.server_port, stalling);
     let _proxy = chain.proxy();
     let client = chain.client();
     wait_for_card(&client);
@@ -1327,9 +1332,64 @@ fn upstream_body_stall_times_out() {
         eprintln!("reply body stalled: 504 after {took:?}");
     }
     stop.store(true, Ordering::Relaxed);
-    let held = server.join().expect("stalling server thread");
+    let held = server.join().expect("scripted upstream thread");
     assert!(
         held > 0,
         "the proxy never sent a request to the stalling server"
     );
+}
+
+#[test]
+fn upstream_reply_without_length_is_refused_by_name() {
+    let chain = Chain::new();
+    let chunked = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                   transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    chain.write_proxy_config(&chain.proxy_settings());
+    let (stop, server) = scripted_upstream(&chain, chain.server_port, chunked);
+    let _proxy = chain.proxy();
+    let client = chain.client();
+    wait_for_card(&client);
+    assert_eq!(client.enroll("alice").0, 200);
+    let (status, login) = client.login("alice");
+    assert_eq!(status, 200, "{login}");
+    let token = token_of(&login);
+
+    let (status, body) = client.counter(&token);
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"], "upstream_failed", "{body}");
+    let details = body["details"].as_str().unwrap_or_default();
+    assert!(details.contains("Transfer-Encoding"), "{body}");
+    stop.store(true, Ordering::Relaxed);
+    assert!(server.join().expect("scripted upstream thread") > 0);
+}
+
+#[test]
+fn kept_upstream_connection_is_replaced_after_server_restart() {
+    let chain = Chain::new();
+    chain.write_server_config(&chain.path("server-store"), "");
+    chain.write_proxy_config(&chain.proxy_settings());
+    let mut server = chain.server();
+    let _proxy = chain.proxy();
+    let client = chain.client();
+    wait_for_card(&client);
+    assert_eq!(client.enroll("alice").0, 200);
+    let (status, login) = client.login("alice");
+    assert_eq!(status, 200, "{login}");
+    let token = token_of(&login);
+
+    // One call at a time: each goes over the worker's kept HTTP/1.1
+    // connection. After k_server restarts, that connection is closed, and
+    // the next call must open a new one instead of failing on the old one.
+    let mut last = 0;
+    for round in 0..3 {
+        for _ in 0..3 {
+            let (status, body) = client.counter(&token);
+            assert_eq!(status, 200, "round {round}: {body}\n{}", chain.logs());
+            let value = value_of(&body);
+            assert!(value > last, "value {value} after {last}");
+            last = value;
+        }
+        server.kill();
+        server = chain.server();
+    }
 }

@@ -181,6 +181,8 @@ async fn start_parts(config: ServerConfig) -> Result<RunningServer, StartError> 
             .wrap(from_fn(crate::http::request::track))
             .configure(routes)
     })
+    // Replies are small writes that must leave at once (see the proxy).
+    .tcp_nodelay(true)
     .keep_alive(keep_alive)
     .client_request_timeout(http.client_request_timeout())
     .tls_handshake_timeout(http.client_request_timeout())

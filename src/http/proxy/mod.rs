@@ -416,6 +416,9 @@ async fn start_parts(config: ProxyConfig) -> Result<RunningProxy, StartError> {
             .default_service(web::to(crate::http::not_found))
     })
     .workers(workers)
+    // Every reply is one small write that must leave at once, not wait for
+    // the client's acknowledgement of the one before (Nagle's algorithm).
+    .tcp_nodelay(true)
     .keep_alive(Duration::from_secs(config.http.keep_alive_s))
     .client_request_timeout(config.http.client_request_timeout())
     .tls_handshake_timeout(config.http.client_request_timeout())

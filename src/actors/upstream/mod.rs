@@ -16,9 +16,10 @@
 //! a write with. HTTP/2's per-request work (stream state, header
 //! compression, a task per stream in k_server) then made requests about
 //! 10 % slower than over HTTP/1.1. So a request that finds no other in
-//! flight, on a worker that has had few in flight lately, goes over one kept-alive HTTP/1.1 connection instead. Under load every
-//! request takes HTTP/2, also at the moments when none happens to be in
-//! flight, so that they keep sharing k_server's flushes.
+//! flight, on a worker that has had few in flight lately, goes over the
+//! worker's one kept-alive HTTP/1.1 connection instead (see [`http1`]).
+//! Under load every request takes HTTP/2, also at the moments when none
+//! happens to be in flight, so that they keep sharing k_server's flushes.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -29,13 +30,16 @@ use actix::prelude::*;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode, Uri};
 use actix_web::web::{Bytes, BytesMut};
-use awc::error::{ConnectError, SendRequestError};
 use futures_util::future::{FutureExt, LocalBoxFuture, Shared};
 use h2::client::SendRequest;
 use rustls_pki_types::ServerName;
 use serde::Deserialize;
 
 use crate::error::ApiError;
+
+mod http1;
+
+use http1::{Http1Link, ALPN_HTTP_1_1};
 
 /// Maximum upstream response body the proxy reads, in bytes. The counter
 /// reply is a few dozen bytes; anything near this limit is a fault.
@@ -49,9 +53,8 @@ const MAX_HEADER_BYTES: u32 = 16 * 1024;
 /// limit and the proxy rarely has to send window updates.
 const WINDOW_BYTES: u32 = 1024 * 1024;
 
-/// The ALPN protocol ids of HTTP/2 and HTTP/1.1.
+/// The ALPN protocol id of HTTP/2.
 const ALPN_H2: &[u8] = b"h2";
-const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
 
 /// Moving average of calls in flight below which a call that finds none
 /// in flight takes the HTTP/1.1 connection.
@@ -77,8 +80,8 @@ pub struct UpstreamActor {
     links: Vec<Rc<Link>>,
     /// The link the next request goes to.
     next: usize,
-    /// HTTP/1.1 client with one connection, for lone requests.
-    single: awc::Client,
+    /// The HTTP/1.1 connection for lone requests.
+    single: Rc<Http1Link>,
     /// Counter calls of this actor waiting for k_server.
     in_flight: Rc<Cell<usize>>,
     load: Load,
@@ -111,11 +114,13 @@ pub struct Target {
     /// The base URL as configured, for messages.
     base_url: String,
     host: String,
+    /// `host:port` for the HTTP/1.1 `Host` header.
+    authority: String,
     port: u16,
     server_name: ServerName<'static>,
     tls: tokio_rustls::TlsConnector,
     /// The same TLS settings with HTTP/1.1 as the ALPN protocol.
-    tls_http1: Arc<rustls::ClientConfig>,
+    tls_http1: tokio_rustls::TlsConnector,
     counter_uri: Uri,
     health_uri: Uri,
     connect_timeout: Duration,
@@ -371,28 +376,6 @@ impl Drop for InFlight {
     }
 }
 
-/// Awaits an HTTP/1.1 request and reads the reply's status and body. awc's
-/// timeout ends only the wait for the reply's head, so callers bound the
-/// body with [`within_request_timeout`].
-async fn http1_reply(
-    target: &Target,
-    request: awc::SendClientRequest,
-) -> Result<(StatusCode, Bytes), Failure> {
-    let url = target.base_url.as_str();
-    let mut response = request.await.map_err(|e| match e {
-        SendRequestError::Timeout => target.request_timed_out(),
-        SendRequestError::Connect(ConnectError::Timeout) => target.connect_timed_out(),
-        SendRequestError::Connect(e) => Failure::Failed(format!("cannot connect to {url}: {e}")),
-        other => Failure::Failed(format!("request to {url} failed: {other}")),
-    })?;
-    let body = response
-        .body()
-        .limit(MAX_RESPONSE_BYTES)
-        .await
-        .map_err(|e| Failure::Failed(format!("reading the reply of {url} failed: {e}")))?;
-    Ok((response.status(), body))
-}
-
 /// Returns the `details` of k_server's JSON error body, or the start of the
 /// body when it is not such JSON.
 fn upstream_error_text(body: &[u8]) -> String {
@@ -466,13 +449,17 @@ impl Target {
         let mut tls_http1 = (*settings.tls).clone();
         tls_http1.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
 
+        let port = uri.port_u16().unwrap_or(443);
         Ok(Target {
             base_url: base.to_string(),
-            port: uri.port_u16().unwrap_or(443),
+            authority: uri
+                .authority()
+                .map_or_else(|| format!("{host}:{port}"), |a| a.to_string()),
+            port,
             host,
             server_name,
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
-            tls_http1: Arc::new(tls_http1),
+            tls_http1: tokio_rustls::TlsConnector::from(Arc::new(tls_http1)),
             counter_uri: endpoint("/resource/counter")?,
             health_uri: endpoint("/health")?,
             connect_timeout: settings.connect_timeout,
@@ -500,24 +487,13 @@ impl Target {
 impl UpstreamActor {
     /// Creates an actor with `connections` links to `target` (at least one).
     pub fn new(target: Arc<Target>, connections: usize) -> Self {
-        let connector = awc::Connector::new()
-            .rustls_0_23(target.tls_http1.clone())
-            .timeout(target.connect_timeout)
-            .handshake_timeout(target.connect_timeout)
-            .limit(1)
-            .conn_keep_alive(Duration::from_secs(30));
-        let single = awc::Client::builder()
-            .connector(connector)
-            .timeout(target.request_timeout)
-            .disable_redirects()
-            .finish();
         UpstreamActor {
             target,
             links: (0..connections.max(1))
                 .map(|_| Rc::new(Link::default()))
                 .collect(),
             next: 0,
-            single,
+            single: Rc::default(),
             in_flight: Rc::new(Cell::new(0)),
             load: Load::default(),
         }
@@ -548,14 +524,11 @@ impl Handler<IncrementCounter> for UpstreamActor {
         let lone = self.load.arrive(self.in_flight.get());
         let in_flight = InFlight::enter(&self.in_flight);
         if lone {
-            let request = self
-                .single
-                .post(target.counter_uri.clone())
-                .insert_header((REQUEST_ID, msg.request_id))
-                .send();
+            let single = self.single.clone();
             return Box::pin(async move {
-                let (status, body) =
-                    within_request_timeout(&target, http1_reply(&target, request)).await?;
+                let path = target.counter_uri.path();
+                let call = single.post(&target, path, &msg.request_id);
+                let (status, body) = within_request_timeout(&target, call).await?;
                 drop(in_flight);
                 counter_value(&target.base_url, status, &body)
             });
