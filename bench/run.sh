@@ -3,15 +3,21 @@
 #
 # Starts k_server, k_proxy (with the in-process simulated card) and nginx
 # (a TLS reverse proxy with mutual TLS to the same k_server) in a fresh
-# folder, measures them with wrk and ab, and stops exactly the processes it
-# started. Raw rows go to $OUT/raw.tsv, the summary to $OUT/summary.md.
+# folder, measures them with oha (or wrk) and ab, and stops exactly the
+# processes it started. Raw rows go to $OUT/raw.tsv, the summary to
+# $OUT/summary.md.
 #
-# Needs: wrk, nginx, ab (apache2-utils), curl, jq, python3, /usr/bin/time.
+# Needs: oha, nginx, ab (apache2-utils), curl, jq, python3, /usr/bin/time,
+# and wrk with GENERATOR=wrk.
 # On Debian: apt-get install -y wrk nginx apache2-utils curl jq time
+#            cargo install oha --locked --version 1.16.0
 #
 # Settings (environment):
 #   RUNS=3              repetitions of every measurement
-#   DURATION=10         seconds of one wrk run
+#   DURATION=10         seconds of one load run
+#   GENERATOR=oha       load generator of the proxy runs: oha or wrk. wrk's
+#                       latencies at 1 connection are not consistent with
+#                       its own request count (see BENCHMARKS.md)
 #   CONNECTIONS="1 64 512"   concurrent connections of the proxy runs
 #   SERVER_CONNECTIONS="1 512"  concurrent clients of the k_server runs
 #   SERVER_REQUESTS_1=2000      requests of one k_server run with 1 client
@@ -38,6 +44,7 @@ SERVER_CONNECTIONS=${SERVER_CONNECTIONS:-"1 512"}
 SERVER_REQUESTS_1=${SERVER_REQUESTS_1:-2000}
 SERVER_REQUESTS_N=${SERVER_REQUESTS_N:-50000}
 WRK_THREADS=${WRK_THREADS:-1}
+GENERATOR=${GENERATOR:-oha}
 WORKERS=${WORKERS:-0}
 POOL_SIZE=${POOL_SIZE:-}
 BASELINE_POOL_SIZE=${BASELINE_POOL_SIZE:-}
@@ -46,7 +53,11 @@ OUT=${OUT:-bench/results/$(date +%Y%m%d-%H%M%S)}
 BIN=${BIN:-target/release/cardgate}
 LOG=${LOG:-info}
 
-for tool in wrk nginx ab curl jq python3 /usr/bin/time; do
+case $GENERATOR in
+    oha | wrk) ;;
+    *) echo "bench: GENERATOR must be oha or wrk, not $GENERATOR" >&2; exit 1 ;;
+esac
+for tool in "$GENERATOR" nginx ab curl jq python3 /usr/bin/time; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is missing (see the header of $0)" >&2; exit 1; }
 done
 if [[ ! -x $BIN || -n ${BUILD:-} ]]; then
@@ -262,8 +273,41 @@ load1() { cut -d' ' -f1 /proc/loadavg; }
 
 nginx_pids() { echo "$NGINX_PID" $(ps -o pid= --ppid "$NGINX_PID"); }
 
-# wrk against one target; appends a row to raw.tsv.
-wrk_run() {
+# Runs $GENERATOR against one target under /usr/bin/time (CPU seconds to
+# $WORK/load.time) and writes one JSON line of results to $WORK/load.out,
+# in the format of bearer.lua's: requests answered, duration, p50 and p99
+# in µs, and errors by kind. oha waits for the requests in flight at the
+# deadline (-w), so every value k_server hands out has a response.
+generate() {
+    local connections=$1 threads=$2 port=$3 token=$4
+    local url="https://localhost:$port/resource/counter"
+    local timed=(/usr/bin/time -f '%U %S' -o "$WORK/load.time")
+    case $GENERATOR in
+        wrk)
+            TOKEN=$token "${timed[@]}" wrk -t"$threads" -c"$connections" -d"${DURATION}s" \
+                --timeout 10s -s "$WORK/bearer.lua" "$url" >"$WORK/load.out"
+            ;;
+        oha)
+            "${timed[@]}" oha --no-tui --output-format json -c "$connections" -z "${DURATION}s" \
+                -w -t 10s -m POST -H "Authorization: Bearer $token" --cacert "$CERTS/ca.crt" \
+                "$url" >"$WORK/oha.json"
+            jq -c '{
+                requests: ([.statusCodeDistribution[]] | add // 0),
+                duration_us: (.summary.total * 1e6 | floor),
+                p50_us: ((.latencyPercentiles.p50 // 0) * 1e6 | floor),
+                p99_us: ((.latencyPercentiles.p99 // 0) * 1e6 | floor),
+                max_us: ((.summary.slowest // 0) * 1e6 | floor),
+                connect: 0, write: 0, timeout: 0,
+                read: ([.errorDistribution[]] | add // 0),
+                status: ([.statusCodeDistribution | to_entries[]
+                          | select(.key | startswith("2") | not) | .value] | add // 0)
+            }' "$WORK/oha.json" >"$WORK/load.out"
+            ;;
+    esac
+}
+
+# One load run against one target; appends a row to raw.tsv.
+load_run() {
     local target=$1 port=$2 connections=$3 run=$4 threads=$WRK_THREADS
     ((threads > connections)) && threads=$connections
     local front_pids token=""
@@ -277,15 +321,13 @@ wrk_run() {
     before=$(server_stats)
     front0=$(cpu_seconds $front_pids)
     server0=$(cpu_seconds "$SERVER_PID")
-    TOKEN=$token /usr/bin/time -f '%U %S' -o "$WORK/wrk.time" \
-        wrk -t"$threads" -c"$connections" -d"${DURATION}s" --timeout 10s -s "$WORK/bearer.lua" \
-        "https://localhost:$port/resource/counter" >"$WORK/wrk.out"
+    generate "$connections" "$threads" "$port" "$token"
     local after front1 server1
     after=$(server_stats)
     front1=$(cpu_seconds $front_pids)
     server1=$(cpu_seconds "$SERVER_PID")
     python3 - "$target" "$connections" "$run" "$load" "$before" "$after" "$front0" "$front1" \
-        "$server0" "$server1" "$WORK/wrk.out" "$WORK/wrk.time" >>"$RAW" <<'EOF'
+        "$server0" "$server1" "$WORK/load.out" "$WORK/load.time" >>"$RAW" <<'EOF'
 import json, sys
 target, conns, run, load, before, after, f0, f1, s0, s1, out, cpu = sys.argv[1:]
 before, after = json.loads(before), json.loads(after)
@@ -356,7 +398,7 @@ EOF
     free -m
     uname -srvm
     uptime
-    echo "workers=$WORKERS wrk_threads=$WRK_THREADS duration=${DURATION}s runs=$RUNS log=$LOG pool_size=$POOL_SIZE"
+    echo "generator=$GENERATOR workers=$WORKERS wrk_threads=$WRK_THREADS duration=${DURATION}s runs=$RUNS log=$LOG pool_size=$POOL_SIZE"
     echo "cardgate=$BIN baseline=${BASELINE_BIN:-none}"
     git rev-parse --short HEAD 2>/dev/null || true
 } >"$OUT/machine.txt"
@@ -367,18 +409,18 @@ for section in $SECTIONS; do
         proxy)
             # A warm-up per target (run 0, left out of the summary) opens the
             # pooled connections.
-            DURATION=2 wrk_run cardgate "$PROXY_PORT" 64 0 >/dev/null
+            DURATION=2 load_run cardgate "$PROXY_PORT" 64 0 >/dev/null
             if [[ -n ${BASELINE_BIN:-} ]]; then
-                DURATION=2 wrk_run baseline "$BASELINE_PORT" 64 0 >/dev/null
+                DURATION=2 load_run baseline "$BASELINE_PORT" 64 0 >/dev/null
             fi
-            DURATION=2 wrk_run nginx "$NGINX_PORT" 64 0 >/dev/null
+            DURATION=2 load_run nginx "$NGINX_PORT" 64 0 >/dev/null
             for connections in $CONNECTIONS; do
                 for run in $(seq "$RUNS"); do
-                    wrk_run cardgate "$PROXY_PORT" "$connections" "$run"
+                    load_run cardgate "$PROXY_PORT" "$connections" "$run"
                     if [[ -n ${BASELINE_BIN:-} ]]; then
-                        wrk_run baseline "$BASELINE_PORT" "$connections" "$run"
+                        load_run baseline "$BASELINE_PORT" "$connections" "$run"
                     fi
-                    wrk_run nginx "$NGINX_PORT" "$connections" "$run"
+                    load_run nginx "$NGINX_PORT" "$connections" "$run"
                 done
             done
             ;;

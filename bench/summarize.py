@@ -49,7 +49,8 @@ def main(path):
 
         # Every value k_server reserved in the window went to a request of
         # this run: at least one per successful response, and at most one
-        # more per connection (requests cut off when wrk stops).
+        # more per connection (requests cut off when wrk stops; oha waits
+        # for them).
         for r in group:
             ok = int(r["requests"]) - int(r["errors"])
             increments = int(r["increments"])
