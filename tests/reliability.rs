@@ -1340,7 +1340,7 @@ fn upstream_body_stall_times_out() {
 }
 
 #[test]
-fn upstream_reply_without_length_is_refused_by_name() {
+fn upstream_chunked_reply_is_rejected() {
     let chain = Chain::new();
     let chunked = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
                    transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
