@@ -148,25 +148,64 @@ impl Histogram {
 /// Route patterns of one role, the `route` label of its HTTP metrics.
 ///
 /// A pattern segment in braces (`/op/{id}`) matches any one path segment.
+/// The patterns are split into segments once, because every request is
+/// classified: splitting each pattern again per request cost about a
+/// tenth of the proxy's own instructions for a protected call.
 #[derive(Debug, Clone)]
 pub struct RouteTable {
     patterns: Vec<&'static str>,
+    /// Each pattern's segments, with `None` for a parameter.
+    segments: Vec<Vec<Option<&'static str>>>,
 }
+
+/// Most segments a classified path may have; longer paths are
+/// [`OTHER_ROUTE`]. Patterns with more segments never match.
+const MAX_ROUTE_SEGMENTS: usize = 8;
 
 impl RouteTable {
     pub fn new(patterns: &[&'static str]) -> Self {
+        let segments = patterns
+            .iter()
+            .map(|pattern| {
+                pattern
+                    .split('/')
+                    .map(|segment| {
+                        let is_parameter = segment.starts_with('{') && segment.ends_with('}');
+                        (!is_parameter).then_some(segment)
+                    })
+                    .collect()
+            })
+            .collect();
         RouteTable {
             patterns: patterns.to_vec(),
+            segments,
         }
     }
 
     /// Returns the index of the first pattern that matches `path`, or the
     /// index of [`OTHER_ROUTE`] (one past the last pattern).
     pub fn classify(&self, path: &str) -> usize {
-        self.patterns
+        let other = self.patterns.len();
+        let mut found = [""; MAX_ROUTE_SEGMENTS];
+        let mut count = 0;
+        for segment in path.split('/') {
+            let Some(slot) = found.get_mut(count) else {
+                return other;
+            };
+            *slot = segment;
+            count += 1;
+        }
+        let found = &found[..count];
+        self.segments
             .iter()
-            .position(|pattern| pattern_matches(pattern, path))
-            .unwrap_or(self.patterns.len())
+            .position(|pattern| {
+                pattern.len() == found.len()
+                    && pattern.iter().zip(found).all(|(expected, segment)| match expected {
+                        Some(literal) => literal == segment,
+                        None => !segment.is_empty(),
+                    })
+            })
+            .unwrap_or(other)
     }
 
     /// The label of a route index from [`RouteTable::classify`].
@@ -177,27 +216,6 @@ impl RouteTable {
     /// Number of labels, [`OTHER_ROUTE`] included.
     fn len(&self) -> usize {
         self.patterns.len() + 1
-    }
-}
-
-fn pattern_matches(pattern: &str, path: &str) -> bool {
-    let mut pattern_segments = pattern.split('/');
-    let mut path_segments = path.split('/');
-    loop {
-        match (pattern_segments.next(), path_segments.next()) {
-            (None, None) => return true,
-            (Some(expected), Some(found)) => {
-                let is_parameter = expected.starts_with('{') && expected.ends_with('}');
-                if is_parameter {
-                    if found.is_empty() {
-                        return false;
-                    }
-                } else if expected != found {
-                    return false;
-                }
-            }
-            _ => return false,
-        }
     }
 }
 
@@ -684,7 +702,8 @@ mod tests {
             table.label(table.classify("/op/abc/cancel")),
             "/op/{id}/cancel"
         );
-        for path in ["/op/", "/op", "/health/x", "/", "/nope", "/op/a/b/c"] {
+        let too_long = "/a".repeat(MAX_ROUTE_SEGMENTS);
+        for path in ["/op/", "/op", "/health/x", "/", "/nope", "/op/a/b/c", "", &too_long] {
             assert_eq!(table.label(table.classify(path)), OTHER_ROUTE, "{path}");
         }
     }
