@@ -200,10 +200,13 @@ impl RouteTable {
             .iter()
             .position(|pattern| {
                 pattern.len() == found.len()
-                    && pattern.iter().zip(found).all(|(expected, segment)| match expected {
-                        Some(literal) => literal == segment,
-                        None => !segment.is_empty(),
-                    })
+                    && pattern
+                        .iter()
+                        .zip(found)
+                        .all(|(expected, segment)| match expected {
+                            Some(literal) => literal == segment,
+                            None => !segment.is_empty(),
+                        })
             })
             .unwrap_or(other)
     }
@@ -703,7 +706,16 @@ mod tests {
             "/op/{id}/cancel"
         );
         let too_long = "/a".repeat(MAX_ROUTE_SEGMENTS);
-        for path in ["/op/", "/op", "/health/x", "/", "/nope", "/op/a/b/c", "", &too_long] {
+        for path in [
+            "/op/",
+            "/op",
+            "/health/x",
+            "/",
+            "/nope",
+            "/op/a/b/c",
+            "",
+            &too_long,
+        ] {
             assert_eq!(table.label(table.classify(path)), OTHER_ROUTE, "{path}");
         }
     }
