@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::chain::{token_of, value_of, wait_for_card, Chain, Client};
+use common::chain::{enroll_and_log_in, token_of, value_of, wait_for_card, Chain, Client};
 
 /// One counter call as a client saw it.
 #[derive(Debug, Clone)]
@@ -294,11 +294,7 @@ fn upstream_outage_fails_fast_and_recovers() {
     let mut server = chain.server();
     let _proxy = chain.proxy();
     let client = chain.client();
-    wait_for_card(&client);
-    assert_eq!(client.enroll("alice").0, 200);
-    let (status, login) = client.login("alice");
-    assert_eq!(status, 200, "{login}");
-    let token = token_of(&login);
+    let token = enroll_and_log_in(&client, "alice");
 
     // 1. Killed under load: calls fail with 502 and JSON, fast; the proxy
     //    recovers by itself once the server is back.
@@ -1071,10 +1067,7 @@ fn full_disk_rejects_writes_only() {
     let mut server = chain.server();
     let mut proxy = chain.proxy();
     let client = chain.client();
-    wait_for_card(&client);
-    assert_eq!(client.enroll("alice").0, 200);
-    let (_, login) = client.login("alice");
-    let token = token_of(&login);
+    let token = enroll_and_log_in(&client, "alice");
     let mut values = vec![value_of(&client.counter(&token).1)];
 
     // 1. The proxy's disk fills up: display-name updates write until one
@@ -1200,10 +1193,8 @@ fn read_only_store_stops_start() {
     let mut server = chain.server();
     let mut proxy = chain.proxy();
     let client = chain.client();
-    wait_for_card(&client);
-    assert_eq!(client.enroll("alice").0, 200);
-    let (_, login) = client.login("alice");
-    let first = value_of(&client.counter(&token_of(&login)).1);
+    let token = enroll_and_log_in(&client, "alice");
+    let first = value_of(&client.counter(&token).1);
     server.terminate();
     proxy.terminate();
 
@@ -1311,11 +1302,7 @@ fn upstream_body_stall_times_out() {
     let (stop, server) = scripted_upstream(&chain, chain.server_port, stalling);
     let _proxy = chain.proxy();
     let client = chain.client();
-    wait_for_card(&client);
-    assert_eq!(client.enroll("alice").0, 200);
-    let (status, login) = client.login("alice");
-    assert_eq!(status, 200, "{login}");
-    let token = token_of(&login);
+    let token = enroll_and_log_in(&client, "alice");
 
     // One call at a time goes over HTTP/1.1, the path where a stalled body
     // has to be bounded by the proxy itself.
@@ -1348,11 +1335,7 @@ fn upstream_chunked_reply_is_rejected() {
     let (stop, server) = scripted_upstream(&chain, chain.server_port, chunked);
     let _proxy = chain.proxy();
     let client = chain.client();
-    wait_for_card(&client);
-    assert_eq!(client.enroll("alice").0, 200);
-    let (status, login) = client.login("alice");
-    assert_eq!(status, 200, "{login}");
-    let token = token_of(&login);
+    let token = enroll_and_log_in(&client, "alice");
 
     let (status, body) = client.counter(&token);
     assert_eq!(status, 502, "{body}");
@@ -1371,11 +1354,7 @@ fn kept_upstream_connection_is_replaced_after_server_restart() {
     let mut server = chain.server();
     let _proxy = chain.proxy();
     let client = chain.client();
-    wait_for_card(&client);
-    assert_eq!(client.enroll("alice").0, 200);
-    let (status, login) = client.login("alice");
-    assert_eq!(status, 200, "{login}");
-    let token = token_of(&login);
+    let token = enroll_and_log_in(&client, "alice");
 
     // One call at a time: each goes over the worker's kept HTTP/1.1
     // connection. After k_server restarts, that connection is closed, and

@@ -477,6 +477,17 @@ impl Client {
     }
 }
 
+/// Waits for the card, enrolls `username`, logs in and returns the session
+/// token.
+pub fn enroll_and_log_in(client: &Client, username: &str) -> String {
+    wait_for_card(client);
+    let (status, reply) = client.enroll(username);
+    assert_eq!(status, 200, "enrolling {username}: {reply}");
+    let (status, login) = client.login(username);
+    assert_eq!(status, 200, "logging in {username}: {login}");
+    token_of(&login)
+}
+
 pub fn token_of(login: &Value) -> String {
     login["session_token"]
         .as_str()

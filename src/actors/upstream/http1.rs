@@ -171,17 +171,7 @@ impl Http1Link {
 async fn open(target: &Target) -> Result<Connection, Failure> {
     let url = target.base_url.as_str();
     let connect = async {
-        let tcp = TcpStream::connect((target.host.as_str(), target.port))
-            .await
-            .map_err(|e| Failure::Failed(format!("cannot connect to {url}: {e}")))?;
-        // The request is one small record that must leave at once.
-        tcp.set_nodelay(true)
-            .map_err(|e| Failure::Failed(format!("cannot set TCP_NODELAY towards {url}: {e}")))?;
-        let tls = target
-            .tls_http1
-            .connect(target.server_name.clone(), tcp)
-            .await
-            .map_err(|e| Failure::Failed(format!("TLS handshake with {url} failed: {e}")))?;
+        let tls = target.connect_tls(&target.tls_http1).await?;
         match tls.get_ref().1.alpn_protocol() {
             None | Some(ALPN_HTTP_1_1) => Ok(tls),
             Some(other) => Err(Failure::Failed(format!(

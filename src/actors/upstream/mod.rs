@@ -224,18 +224,7 @@ fn next_connection_number() -> u64 {
 async fn open(target: Arc<Target>) -> Result<SendRequest<Bytes>, Failure> {
     let url = target.base_url.as_str();
     let connect = async {
-        let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
-            .await
-            .map_err(|e| Failure::Failed(format!("cannot connect to {url}: {e}")))?;
-        // Requests are small and must leave at once, not wait for Nagle's
-        // algorithm to fill a segment.
-        tcp.set_nodelay(true)
-            .map_err(|e| Failure::Failed(format!("cannot set TCP_NODELAY towards {url}: {e}")))?;
-        let tls = target
-            .tls
-            .connect(target.server_name.clone(), tcp)
-            .await
-            .map_err(|e| Failure::Failed(format!("TLS handshake with {url} failed: {e}")))?;
+        let tls = target.connect_tls(&target.tls).await?;
         if tls.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
             return Err(Failure::Failed(format!(
                 "{url} does not offer HTTP/2; point upstream.url at a cardgate server of the same version"
@@ -465,6 +454,26 @@ impl Target {
             connect_timeout: settings.connect_timeout,
             request_timeout: settings.request_timeout,
         })
+    }
+
+    /// Opens a TCP connection and runs the TLS handshake with `connector`'s
+    /// settings. The caller bounds both with the connect timeout.
+    async fn connect_tls(
+        &self,
+        connector: &tokio_rustls::TlsConnector,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, Failure> {
+        let url = self.base_url.as_str();
+        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| Failure::Failed(format!("cannot connect to {url}: {e}")))?;
+        // Requests are small and must leave at once, not wait for Nagle's
+        // algorithm to fill a segment.
+        tcp.set_nodelay(true)
+            .map_err(|e| Failure::Failed(format!("cannot set TCP_NODELAY towards {url}: {e}")))?;
+        connector
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|e| Failure::Failed(format!("TLS handshake with {url} failed: {e}")))
     }
 
     fn connect_timed_out(&self) -> Failure {
