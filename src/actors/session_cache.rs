@@ -90,7 +90,9 @@ impl SessionCache {
 }
 
 impl Handler<Check> for SessionCache {
-    type Result = ResponseActFuture<Self, Result<SessionInfo, SessionError>>;
+    /// A cached session is answered at once; only a miss waits for the
+    /// sessions actor.
+    type Result = ActorResponse<Self, Result<SessionInfo, SessionError>>;
 
     fn handle(&mut self, msg: Check, _: &mut Self::Context) -> Self::Result {
         let hash = msg.hash;
@@ -101,7 +103,7 @@ impl Handler<Check> for SessionCache {
                 self.touched.insert(hash);
                 let info =
                     SessionInfo::new(&hash, &entry.username, entry.expiry(&self.settings), now);
-                return Box::pin(fut::ready(Ok(info)));
+                return ActorResponse::reply(Ok(info));
             }
             // Expired by this worker's record. Uses on other workers may
             // have kept it alive, and only the sessions actor records those.
@@ -110,7 +112,7 @@ impl Handler<Check> for SessionCache {
 
         let evictions = self.evictions;
         let ask = self.sessions.send(ValidateForCache { hash });
-        Box::pin(ask.into_actor(self).map(move |reply, cache, _| {
+        ActorResponse::r#async(ask.into_actor(self).map(move |reply, cache, _| {
             let entry = reply.map_err(|e| SessionError::Unavailable(e.to_string()))??;
             let now = Instant::now();
             let info = SessionInfo::new(&hash, &entry.username, entry.expiry(&cache.settings), now);

@@ -48,7 +48,11 @@ pub struct ProxyState {
 type State = web::Data<ProxyState>;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(health))
+    // actix-web tries routes in the order they are added, and the
+    // protected call is the one made most often, so it comes first. No
+    // other route matches its path.
+    cfg.route("/resource/counter", web::post().to(resource_counter))
+        .route("/health", web::get().to(health))
         .route("/enroll/register", web::post().to(enroll_register))
         .route("/enroll/status", web::get().to(enroll_status))
         .route("/enroll/update", web::post().to(enroll_update))
@@ -57,7 +61,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/session/login", web::post().to(session_login))
         .route("/session/status", web::post().to(session_status))
         .route("/session/logout", web::post().to(session_logout))
-        .route("/resource/counter", web::post().to(resource_counter))
         .route("/op/enroll", web::post().to(op_enroll))
         .route("/op/login", web::post().to(op_login))
         .route("/op/{id}", web::get().to(op_poll))
