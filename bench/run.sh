@@ -275,7 +275,7 @@ nginx_pids() { echo "$NGINX_PID" $(ps -o pid= --ppid "$NGINX_PID"); }
 
 # Runs $GENERATOR against one target under /usr/bin/time (CPU seconds to
 # $WORK/load.time) and writes one JSON line of results to $WORK/load.out,
-# in the format of bearer.lua's: requests answered, duration, p50 and p99
+# in the format of bearer.lua's: requests completed, duration, p50 and p99
 # in µs, and errors by kind. oha waits for the requests in flight at the
 # deadline (-w), so every value k_server hands out has a response.
 generate() {

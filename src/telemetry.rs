@@ -67,6 +67,9 @@ impl PlainVisitor<'_> {
     /// Hands one field to the default visitor, for the cases whose output
     /// needs its rules: messages (escaped) and errors (with their sources).
     fn delegate(&mut self, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
+        if self.result.is_err() {
+            return;
+        }
         let mut visitor = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
         record(&mut visitor);
         self.is_empty = false;

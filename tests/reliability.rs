@@ -226,11 +226,15 @@ fn server_kill_never_repeats_values() {
     assert!(values.len() as u64 >= (KILLS + 1) * SUCCESSES_PER_ROUND);
 }
 
-/// Accepts TCP connections on 127.0.0.1:`port` and never responds,
-/// like a server that hangs before its TLS handshake. Stops when the
-/// returned flag is set or after 60 s, and closes what it accepted.
-fn hanging_listener(port: u16) -> (Arc<AtomicBool>, std::thread::JoinHandle<usize>) {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind hanging listener");
+/// Accepts TCP connections on 127.0.0.1:`port` in a thread and hands each
+/// to `serve`, keeping the connections it returns open (up to 1000). Stops
+/// when the returned flag is set or after 60 s, closes what it kept and
+/// returns how many it kept.
+fn fake_upstream<T: Send + 'static>(
+    port: u16,
+    mut serve: impl FnMut(std::net::TcpStream) -> Option<T> + Send + 'static,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<usize>) {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind fake upstream");
     listener
         .set_nonblocking(true)
         .expect("nonblocking listener");
@@ -238,17 +242,23 @@ fn hanging_listener(port: u16) -> (Arc<AtomicBool>, std::thread::JoinHandle<usiz
     let flag = stop.clone();
     let handle = std::thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let mut held = Vec::new();
+        let mut kept = Vec::new();
         while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
             match listener.accept() {
-                Ok((stream, _)) if held.len() < 1000 => held.push(stream),
+                Ok((stream, _)) if kept.len() < 1000 => kept.extend(serve(stream)),
                 Ok(_) => {}
                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
             }
         }
-        held.len()
+        kept.len()
     });
     (stop, handle)
+}
+
+/// Starts a fake upstream that accepts TCP connections and never responds,
+/// like a server that hangs before its TLS handshake.
+fn hanging_listener(port: u16) -> (Arc<AtomicBool>, std::thread::JoinHandle<usize>) {
+    fake_upstream(port, Some)
 }
 
 /// Sends `count` counter calls at once through the proxy; returns each
@@ -1231,10 +1241,9 @@ fn read_only_store_stops_start() {
     assert!(value_of(&body) > first);
 }
 
-/// Accepts TLS connections on 127.0.0.1:`port` with k_server's certificate
-/// and answers the first request on each with `reply`, then holds the
-/// connection open. Stops when the returned flag is set or after 60 s;
-/// returns how many requests it answered.
+/// Starts a fake upstream with k_server's certificate that replies to the
+/// first request on each connection with `reply` and keeps the connection
+/// open. The count it returns is the number of requests it replied to.
 fn scripted_upstream(
     chain: &Chain,
     port: u16,
@@ -1249,38 +1258,20 @@ fn scripted_upstream(
     )
     .expect("k_server's TLS config");
     let tls = Arc::new(tls);
-    let listener =
-        std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind scripted upstream");
-    listener
-        .set_nonblocking(true)
-        .expect("nonblocking listener");
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let handle = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut held = Vec::new();
-        while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
-            let Ok((tcp, _)) = listener.accept() else {
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            };
-            tcp.set_nonblocking(false).expect("blocking stream");
-            tcp.set_read_timeout(Some(Duration::from_secs(5)))
-                .expect("read timeout");
-            let Ok(connection) = rustls::ServerConnection::new(tls.clone()) else {
-                continue;
-            };
-            let mut stream = rustls::StreamOwned::new(connection, tcp);
-            let mut request = [0u8; 4096];
-            if matches!(stream.read(&mut request), Ok(n) if n > 0) {
-                let _ = stream.write_all(reply.as_bytes());
-                let _ = stream.flush();
-                held.push(stream);
-            }
+    fake_upstream(port, move |tcp| {
+        tcp.set_nonblocking(false).expect("blocking stream");
+        tcp.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout");
+        let connection = rustls::ServerConnection::new(tls.clone()).ok()?;
+        let mut stream = rustls::StreamOwned::new(connection, tcp);
+        let mut request = [0u8; 4096];
+        if !matches!(stream.read(&mut request), Ok(n) if n > 0) {
+            return None;
         }
-        held.len()
-    });
-    (stop, handle)
+        let _ = stream.write_all(reply.as_bytes());
+        let _ = stream.flush();
+        Some(stream)
+    })
 }
 
 #[test]

@@ -90,7 +90,7 @@ impl SessionCache {
 }
 
 impl Handler<Check> for SessionCache {
-    /// A cached session is answered at once; only a miss waits for the
+    /// A cached session gets its reply at once. Only a miss waits for the
     /// sessions actor.
     type Result = ActorResponse<Self, Result<SessionInfo, SessionError>>;
 

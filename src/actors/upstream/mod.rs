@@ -331,6 +331,13 @@ async fn within_request_timeout<T>(
         .map_err(|_| target.request_timed_out())?
 }
 
+/// The connection a counter call goes over.
+enum Route {
+    /// The worker's HTTP/1.1 connection, for a lone call.
+    Http1(Rc<Http1Link>),
+    Http2(Rc<Link>),
+}
+
 /// Moving average of the calls in flight that arriving counter calls find.
 #[derive(Debug, Default)]
 struct Load {
@@ -532,21 +539,22 @@ impl Handler<IncrementCounter> for UpstreamActor {
         let target = self.target.clone();
         let lone = self.load.arrive(self.in_flight.get());
         let in_flight = InFlight::enter(&self.in_flight);
-        if lone {
-            let single = self.single.clone();
-            return Box::pin(async move {
-                let path = target.counter_uri.path();
-                let call = single.post(&target, path, &msg.request_id);
-                let (status, body) = within_request_timeout(&target, call).await?;
-                drop(in_flight);
-                counter_value(&target.base_url, status, &body)
-            });
-        }
-        let link = self.next_link();
+        let route = if lone {
+            Route::Http1(self.single.clone())
+        } else {
+            Route::Http2(self.next_link())
+        };
         Box::pin(async move {
             let uri = &target.counter_uri;
-            let request_id = Some(msg.request_id.as_str());
-            let call = exchange(&link, &target, Method::POST, uri, request_id);
+            let call = async {
+                match &route {
+                    Route::Http1(single) => single.post(&target, uri.path(), &msg.request_id).await,
+                    Route::Http2(link) => {
+                        let request_id = Some(msg.request_id.as_str());
+                        exchange(link, &target, Method::POST, uri, request_id).await
+                    }
+                }
+            };
             let (status, body) = within_request_timeout(&target, call).await?;
             drop(in_flight);
             counter_value(&target.base_url, status, &body)
