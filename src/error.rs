@@ -128,13 +128,8 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let status = self.status_code();
-        if status.is_server_error() {
-            tracing::error!(code = self.code(), status = status.as_u16(), "{self}");
-        } else {
-            tracing::info!(code = self.code(), status = status.as_u16(), "{self}");
-        }
-        HttpResponse::build(status).json(ErrorBody {
+        // The request middleware logs the error, in the request's span.
+        HttpResponse::build(self.status_code()).json(ErrorBody {
             ok: false,
             error: self.code(),
             details: self.to_string(),

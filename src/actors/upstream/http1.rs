@@ -51,7 +51,9 @@ pub(super) struct Http1Link {
 }
 
 struct Idle {
-    connection: Connection,
+    /// Boxed: a TLS stream is over a kilobyte, and a call moves its
+    /// connection out of the link and back.
+    connection: Box<Connection>,
     since: Instant,
 }
 
@@ -146,7 +148,7 @@ impl Http1Link {
 
     /// Takes the kept connection if it is recent and k_server has not
     /// closed it.
-    fn take_reusable(&self) -> Option<Connection> {
+    fn take_reusable(&self) -> Option<Box<Connection>> {
         let Idle {
             mut connection,
             since,
@@ -168,7 +170,7 @@ impl Http1Link {
 
 /// Opens a connection: TCP, then TLS with HTTP/1.1 agreed by ALPN, within
 /// the connect timeout.
-async fn open(target: &Target) -> Result<Connection, Failure> {
+async fn open(target: &Target) -> Result<Box<Connection>, Failure> {
     let url = target.base_url.as_str();
     let connect = async {
         let tls = target.connect_tls(&target.tls_http1).await?;
@@ -184,11 +186,11 @@ async fn open(target: &Target) -> Result<Connection, Failure> {
         .await
         .map_err(|_| target.connect_timed_out())??;
     tracing::debug!(url, "connected to k_server over HTTP/1.1");
-    Ok(Connection {
+    Ok(Box::new(Connection {
         tls,
         request: String::with_capacity(256),
         reply: BytesMut::with_capacity(READ_CHUNK),
-    })
+    }))
 }
 
 /// Reads more of the reply. End of stream before the reply is complete is
