@@ -4,8 +4,8 @@
 # Starts k_server, k_proxy (with the in-process simulated card) and nginx
 # (a TLS reverse proxy with mutual TLS to the same k_server) in a fresh
 # folder, measures them with oha (or wrk) and ab, and stops exactly the
-# processes it started. Raw rows go to $OUT/raw.tsv, the summary to
-# $OUT/summary.md.
+# processes it started. Raw rows go to $OUT/raw.tsv, oha's failed requests
+# by kind to $OUT/errors.tsv, the summary to $OUT/summary.md.
 #
 # Needs: oha, nginx, ab (apache2-utils), curl, jq, python3, /usr/bin/time,
 # and wrk with GENERATOR=wrk.
@@ -267,6 +267,7 @@ end
 EOF
 
 RAW=$OUT/raw.tsv
+printf 'target\tconnections\trun\tcount\terror\n' >"$OUT/errors.tsv"
 printf 'section\ttarget\tconnections\trun\trequests\tseconds\trps\tp50_ms\tp99_ms\terrors\tgenerator_cpu_s\tproxy_cpu_s\tserver_cpu_s\tvalues\tincrements\tbatches\tlargest_batch\tload1\n' >"$RAW"
 
 load1() { cut -d' ' -f1 /proc/loadavg; }
@@ -322,6 +323,12 @@ load_run() {
     front0=$(cpu_seconds $front_pids)
     server0=$(cpu_seconds "$SERVER_PID")
     generate "$connections" "$threads" "$port" "$token"
+    if [[ $GENERATOR == oha ]]; then
+        # oha names each kind of failure; keep them next to the totals.
+        jq -r --arg t "$target" --arg c "$connections" --arg r "$run" \
+            '.errorDistribution // {} | to_entries[] | [$t, $c, $r, .value, .key] | @tsv' \
+            "$WORK/oha.json" >>"$OUT/errors.tsv"
+    fi
     local after front1 server1
     after=$(server_stats)
     front1=$(cpu_seconds $front_pids)

@@ -59,8 +59,9 @@ def main(path):
                 problems.append(f"{section} {target} c={conns} run {r['run']}: {ok} successful "
                                 f"responses but k_server handed out {increments} values")
             if int(r["errors"]) != 0:
+                where = " (oha's kinds in errors.tsv)" if section == "proxy" else ""
                 problems.append(f"{section} {target} c={conns} run {r['run']}: "
-                                f"{r['errors']} errors")
+                                f"{r['errors']} errors{where}")
 
     def median(group, key):
         return statistics.median(float(r[key]) for r in group)
