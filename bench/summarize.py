@@ -66,21 +66,32 @@ def main(path):
     def median(group, key):
         return statistics.median(float(r[key]) for r in group)
 
+    def runs_ahead(a, b):
+        """Counts the runs in which `a` beat `b` on throughput and on p99.
+        Targets take turns within a run number, so the rows of one number
+        saw the same conditions."""
+        by_run = {r["run"]: r for r in b}
+        paired = [(r, by_run[r["run"]]) for r in a if r["run"] in by_run]
+        faster = sum(float(x["rps"]) > float(y["rps"]) for x, y in paired)
+        lower = sum(float(x["p99_ms"]) < float(y["p99_ms"]) for x, y in paired)
+        return f"{faster} of {len(paired)}", f"{lower} of {len(paired)}"
+
     for first, second in (("cardgate", "nginx"), ("baseline", "nginx"), ("cardgate", "baseline")):
         pairs = []
         for conns in sorted({c for (s, _, c) in groups if s == "proxy"}):
             a, b = groups.get(("proxy", first, conns)), groups.get(("proxy", second, conns))
             if a and b:
                 pairs.append((conns, median(a, "rps") / median(b, "rps"),
-                              median(a, "p99_ms") / median(b, "p99_ms")))
+                              median(a, "p99_ms") / median(b, "p99_ms"), *runs_ahead(a, b)))
         if not pairs:
             continue
         print()
         print(f"| connections | throughput {first}/{second} (medians) "
-              f"| p99 {first}/{second} (medians) |")
-        print("|---|---|---|")
-        for conns, throughput, p99 in pairs:
-            print(f"| {conns} | {throughput:.3f} | {p99:.3f} |")
+              f"| p99 {first}/{second} (medians) | runs with higher throughput "
+              f"| runs with lower p99 |")
+        print("|---|---|---|---|---|")
+        for conns, throughput, p99, faster, lower in pairs:
+            print(f"| {conns} | {throughput:.3f} | {p99:.3f} | {faster} | {lower} |")
 
     print()
     if problems:
