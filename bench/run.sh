@@ -299,7 +299,7 @@ generate() {
                 p99_us: ((.latencyPercentiles.p99 // 0) * 1e6 | floor),
                 max_us: ((.summary.slowest // 0) * 1e6 | floor),
                 connect: 0, write: 0, timeout: 0,
-                read: ([.errorDistribution[]] | add // 0),
+                read: ([.errorDistribution // {} | .[]] | add // 0),
                 status: ([.statusCodeDistribution | to_entries[]
                           | select(.key | startswith("2") | not) | .value] | add // 0)
             }' "$WORK/oha.json" >"$WORK/load.out"
@@ -323,10 +323,14 @@ load_run() {
     front0=$(cpu_seconds $front_pids)
     server0=$(cpu_seconds "$SERVER_PID")
     generate "$connections" "$threads" "$port" "$token"
-    if [[ $GENERATOR == oha ]]; then
-        # oha names each kind of failure; keep them next to the totals.
-        jq -r --arg t "$target" --arg c "$connections" --arg r "$run" \
-            '.errorDistribution // {} | to_entries[] | [$t, $c, $r, .value, .key] | @tsv' \
+    if [[ $GENERATOR == oha && $run != 0 ]]; then
+        # oha names each kind of failure; keep them next to the totals,
+        # with replies other than 2xx as "status N".
+        jq -r --arg t "$target" --arg c "$connections" --arg r "$run" '
+            ((.errorDistribution // {} | to_entries[])
+             , (.statusCodeDistribution // {} | to_entries[]
+                | select(.key | startswith("2") | not) | .key |= "status \(.)"))
+            | [$t, $c, $r, .value, .key] | @tsv' \
             "$WORK/oha.json" >>"$OUT/errors.tsv"
     fi
     local after front1 server1

@@ -6,6 +6,7 @@ Rows with run 0 are warm-ups and are left out.
 """
 
 import csv
+import os
 import statistics
 import sys
 from collections import defaultdict
@@ -18,8 +19,19 @@ def spread(values, digits):
     return " / ".join(f"{v:.{digits}f}" for v in parts)
 
 
+def failure_kinds(path):
+    """Returns the (target, connections, run) keys of the rows in the
+    errors.tsv beside `path`, which bench/run.sh writes with oha."""
+    errors = os.path.join(os.path.dirname(path), "errors.tsv")
+    if not os.path.exists(errors):
+        return set()
+    return {(r["target"], r["connections"], r["run"])
+            for r in csv.DictReader(open(errors), delimiter="\t")}
+
+
 def main(path):
     rows = [r for r in csv.DictReader(open(path), delimiter="\t") if r["run"] != "0"]
+    kinds = failure_kinds(path)
     groups = defaultdict(list)
     for row in rows:
         groups[(row["section"], row["target"], int(row["connections"]))].append(row)
@@ -59,7 +71,8 @@ def main(path):
                 problems.append(f"{section} {target} c={conns} run {r['run']}: {ok} successful "
                                 f"responses but k_server handed out {increments} values")
             if int(r["errors"]) != 0:
-                where = " (oha's kinds in errors.tsv)" if section == "proxy" else ""
+                key = (target, str(conns), r["run"])
+                where = " (kinds in errors.tsv)" if key in kinds else ""
                 problems.append(f"{section} {target} c={conns} run {r['run']}: "
                                 f"{r['errors']} errors{where}")
 
@@ -87,8 +100,8 @@ def main(path):
             continue
         print()
         print(f"| connections | throughput {first}/{second} (medians) "
-              f"| p99 {first}/{second} (medians) | runs with higher throughput "
-              f"| runs with lower p99 |")
+              f"| p99 {first}/{second} (medians) | runs {first} faster "
+              f"| runs {first} lower p99 |")
         print("|---|---|---|---|---|")
         for conns, throughput, p99, faster, lower in pairs:
             print(f"| {conns} | {throughput:.3f} | {p99:.3f} | {faster} | {lower} |")

@@ -25,6 +25,9 @@ pub mod server;
 
 pub use request::RequestId;
 
+/// The protected call of both roles, the one made most often.
+pub const COUNTER_PATH: &str = "/resource/counter";
+
 /// Time a client has to send a request's whole body after its head, from
 /// `http.body_timeout_ms`. Read from app data by [`body_deadline`].
 #[derive(Debug, Clone, Copy)]

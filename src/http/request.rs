@@ -1,7 +1,7 @@
 //! The middleware both roles put around every request: it gives the
-//! request an id, counts it in the role's HTTP metrics, writes the line
-//! about a failed request in a tracing span that carries the id, and
-//! returns the id in `x-request-id`.
+//! request an id, runs it inside a tracing span that carries the id,
+//! counts it in the role's HTTP metrics, writes the line about a failed
+//! request, and returns the id in `x-request-id`.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -10,9 +10,10 @@ use std::time::Instant;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
-use actix_web::http::StatusCode;
+use actix_web::http::{Method, StatusCode, Uri};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage};
+use tracing::{Instrument as _, Level};
 
 use crate::error::ApiError;
 use crate::metrics::{HttpMetrics, ProxyMetrics, ServerMetrics};
@@ -63,18 +64,22 @@ pub struct Tracking {
     /// id for every request, so that a client cannot choose the ids in its
     /// logs.
     pub trust_incoming_id: bool,
+    /// The path of the protected counter call, which runs without a span
+    /// (see [`track`]). Its handler must write no lines of its own.
+    pub spanless_path: Option<&'static str>,
 }
 
 /// Middleware: see the module documentation. Without [`Tracking`] in the
-/// app data it still sets the id and writes the lines, but records no
+/// app data it still sets the id, the span and the lines, but records no
 /// metrics.
 ///
-/// The request span is opened only when a line about the request is
-/// written: for a failed request, and at `debug` level for every request.
-/// Opening it for every request and entering it on every poll cost 2 to
-/// 4 % of the proxy's throughput at one connection (BENCHMARKS.md). The
-/// handlers write no lines of their own at `info` or above, and the actors
-/// they call log from their own tasks, outside any request span.
+/// The protected counter call ([`Tracking::spanless_path`]) is the
+/// exception: it runs without a span, and its lines about the request get
+/// one when they are written. Opening a span for every call and entering
+/// it on every poll cost 2 to 4 % of the proxy's throughput at one
+/// connection (BENCHMARKS.md). That handler writes no lines of its own,
+/// and the actors it calls log from their own tasks, outside any request
+/// span.
 pub async fn track(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -86,13 +91,23 @@ pub async fn track(
     let route = tracking
         .as_ref()
         .map(|t| t.observer.http().routes().classify(req.path()));
-    // For the span, after the request has been handed on. Both clones are
-    // cheap: a method is an enum and a URI's parts are reference-counted.
+    let spanless = tracking
+        .as_ref()
+        .and_then(|t| t.spanless_path)
+        .is_some_and(|path| path == req.path());
+    // For the lines below, after the request has been handed on. Both
+    // clones are cheap: a method is an enum and a URI's parts are
+    // reference-counted.
     let method = req.method().clone();
     let uri = req.uri().clone();
     req.extensions_mut().insert(RequestId(id.clone()));
 
-    let result = next.call(req).await;
+    let result = if spanless {
+        next.call(req).await
+    } else {
+        let span = request_span(Level::INFO, &id, &method, &uri);
+        next.call(req).instrument(span).await
+    };
 
     let (status, error) = match &result {
         Ok(response) => (
@@ -117,15 +132,11 @@ pub async fn track(
             tracking.observer.failed(error.code());
         }
     }
-    let span = || {
-        let path = logged_path(uri.path());
-        tracing::info_span!("request", id = %id, method = %method, path = %path)
-    };
     if let Some(error) = error {
-        span().in_scope(|| log_failure(error, status));
+        log_failure(error, status, &id, &method, &uri);
     }
-    if tracing::enabled!(tracing::Level::DEBUG) {
-        span().in_scope(|| {
+    if tracing::enabled!(Level::DEBUG) {
+        request_span(Level::INFO, &id, &method, &uri).in_scope(|| {
             tracing::debug!(
                 status = status.as_u16(),
                 elapsed_us = elapsed.as_micros() as u64,
@@ -143,14 +154,28 @@ pub async fn track(
     Ok(response)
 }
 
-/// Writes the one line about a failed request: `error` for a failure of
-/// the proxy, k_server or the card (5xx), `info` for a refused request
-/// (4xx), which is the client's to fix.
-fn log_failure(error: &ApiError, status: StatusCode) {
-    if status.is_server_error() {
-        tracing::error!(code = error.code(), status = status.as_u16(), "{error}");
+/// Opens the span of one request's lines at `level`. A line written at
+/// `ERROR` gets a span at `ERROR`, so that it carries the id even when
+/// the log shows errors only.
+fn request_span(level: Level, id: &str, method: &Method, uri: &Uri) -> tracing::Span {
+    let path = logged_path(uri.path());
+    if level == Level::ERROR {
+        tracing::error_span!("request", id = %id, method = %method, path = %path)
     } else {
-        tracing::info!(code = error.code(), status = status.as_u16(), "{error}");
+        tracing::info_span!("request", id = %id, method = %method, path = %path)
+    }
+}
+
+/// Writes the one line about a failed request, in its span: `error` for a
+/// failure of the proxy, k_server or the card (5xx), `info` for a refused
+/// request (4xx), which is the client's to fix.
+fn log_failure(error: &ApiError, status: StatusCode, id: &str, method: &Method, uri: &Uri) {
+    if status.is_server_error() {
+        request_span(Level::ERROR, id, method, uri)
+            .in_scope(|| tracing::error!(code = error.code(), status = status.as_u16(), "{error}"));
+    } else {
+        request_span(Level::INFO, id, method, uri)
+            .in_scope(|| tracing::info!(code = error.code(), status = status.as_u16(), "{error}"));
     }
 }
 
@@ -197,6 +222,10 @@ pub fn request_id(headers: &HeaderMap, trust_incoming: bool) -> String {
 mod tests {
     use super::*;
 
+    use std::collections::HashMap;
+
+    use crate::metrics::RouteTable;
+
     fn headers(id: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -225,12 +254,27 @@ mod tests {
         assert_eq!(request_id(&headers(&longest), true), longest);
     }
 
-    /// Serves `GET /fail` (refused with 401) and `GET /ok` through
-    /// [`track`], logging at `level` into the returned log, and returns the
-    /// request ids of one call to each.
-    async fn call_both(level: &str) -> (crate::telemetry::capture::CapturedLog, String, String) {
+    /// Paths of the test app: a refusal (4xx) and a failure (5xx) from a
+    /// handler, a refusal from a middleware, a success whose handler logs,
+    /// and a spanless route whose handler logs and then refuses.
+    const PATHS: [&str; 5] = ["/fail", "/broken", "/guarded", "/ok", "/quiet"];
+
+    /// Stands for an inner middleware such as `same_origin`.
+    async fn refuse_guarded(
+        req: ServiceRequest,
+        next: Next<impl MessageBody>,
+    ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+        if req.path() == "/guarded" {
+            return Err(ApiError::Forbidden("guarded here".into()).into());
+        }
+        next.call(req).await
+    }
+
+    /// Calls each of [`PATHS`] once through [`track`], logging at `level`,
+    /// and returns the log and each path's request id.
+    async fn serve(level: &str) -> (String, HashMap<&'static str, String>) {
         use actix_web::middleware::from_fn;
-        use actix_web::test::{call_service, init_service, TestRequest};
+        use actix_web::test::{init_service, try_call_service, TestRequest};
         use actix_web::{App, HttpResponse};
 
         let log = crate::telemetry::capture::CapturedLog::default();
@@ -240,57 +284,141 @@ mod tests {
             .with_env_filter(tracing_subscriber::EnvFilter::new(level))
             .finish();
         let _default = tracing::subscriber::set_default(subscriber);
+        let tracking = Tracking {
+            observer: Arc::new(ServerMetrics::new(RouteTable::new(&PATHS))),
+            trust_incoming_id: false,
+            spanless_path: Some("/quiet"),
+        };
         let app = init_service(
             App::new()
+                .app_data(web::Data::new(tracking))
                 .route(
                     "/fail",
                     web::get().to(|| async {
                         Err::<HttpResponse, _>(ApiError::Unauthorized("no session here".into()))
                     }),
                 )
-                .route("/ok", web::get().to(HttpResponse::Ok))
+                .route(
+                    "/broken",
+                    web::get().to(|| async {
+                        Err::<HttpResponse, _>(ApiError::Internal("disk on fire".into()))
+                    }),
+                )
+                .route(
+                    "/ok",
+                    web::get().to(|| async {
+                        tracing::info!("ok handler ran");
+                        HttpResponse::Ok().finish()
+                    }),
+                )
+                .route(
+                    "/quiet",
+                    web::get().to(|| async {
+                        tracing::info!("quiet handler ran");
+                        Err::<HttpResponse, _>(ApiError::Unauthorized(
+                            "no session for the quiet route".into(),
+                        ))
+                    }),
+                )
+                .wrap(from_fn(refuse_guarded))
                 .wrap(from_fn(track)),
         )
         .await;
-        let mut ids = Vec::new();
-        for path in ["/fail", "/ok"] {
-            let reply = call_service(&app, TestRequest::get().uri(path).to_request()).await;
+        let mut ids = HashMap::new();
+        for path in PATHS {
+            // A middleware's refusal comes back as an error. actix-web turns
+            // it into a reply later, without the id header, so its id is
+            // read from its line instead.
+            let Ok(reply) = try_call_service(&app, TestRequest::get().uri(path).to_request()).await
+            else {
+                continue;
+            };
             let id = reply.headers().get(REQUEST_ID_HEADER).expect("request id");
-            ids.push(id.to_str().expect("ASCII id").to_owned());
+            ids.insert(path, id.to_str().expect("ASCII id").to_owned());
         }
-        let ok_id = ids.pop().expect("two ids");
-        let fail_id = ids.pop().expect("two ids");
-        (log, fail_id, ok_id)
+        let log = log.text();
+        if let Some(line) = lines_with(&log, "guarded here").first() {
+            let id = line
+                .split("request{id=")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .expect("id in the guarded line");
+            ids.insert("/guarded", id.to_owned());
+        }
+        (log, ids)
+    }
+
+    /// Returns the lines of `log` that contain `text`.
+    fn lines_with<'a>(log: &'a str, text: &str) -> Vec<&'a str> {
+        log.lines().filter(|line| line.contains(text)).collect()
+    }
+
+    fn span_of(ids: &HashMap<&str, String>, path: &str) -> String {
+        format!("request{{id={} method=GET path={path}}}", ids[path])
     }
 
     #[actix_rt::test]
-    async fn a_failed_request_is_logged_once_in_its_span() {
-        let (log, fail_id, ok_id) = call_both("info").await;
-        let text = log.text();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 1, "{text}");
-        assert!(lines[0].contains(" INFO "), "{text}");
-        assert!(
-            lines[0].contains(&format!("request{{id={fail_id} method=GET path=/fail}}")),
-            "{text}"
-        );
-        assert!(lines[0].contains("code=\"unauthorized\""), "{text}");
-        assert!(lines[0].contains("no session here"), "{text}");
-        assert!(!text.contains(&ok_id), "{text}");
+    async fn each_failure_is_logged_once_at_its_level_in_its_span() {
+        let (log, ids) = serve("info").await;
+        for (path, text, level) in [
+            ("/fail", "no session here", " INFO "),
+            ("/broken", "disk on fire", " ERROR "),
+            ("/guarded", "guarded here", " INFO "),
+            ("/quiet", "no session for the quiet route", " INFO "),
+        ] {
+            let lines = lines_with(&log, text);
+            assert_eq!(lines.len(), 1, "{path}:\n{log}");
+            assert!(lines[0].contains(level), "{path}: {}", lines[0]);
+            assert!(
+                lines[0].contains(&span_of(&ids, path)),
+                "{path}: {}",
+                lines[0]
+            );
+        }
     }
 
     #[actix_rt::test]
-    async fn every_request_is_logged_at_debug() {
-        let (log, fail_id, ok_id) = call_both("debug").await;
-        let text = log.text();
-        for (id, path, status) in [(&fail_id, "/fail", 401), (&ok_id, "/ok", 200)] {
-            let finished = text
-                .lines()
-                .find(|line| line.contains(id.as_str()) && line.contains("request finished"))
-                .unwrap_or_else(|| panic!("no finished line for {path}:\n{text}"));
-            assert!(finished.contains(&format!("path={path}")), "{finished}");
-            assert!(finished.contains(&format!("status={status}")), "{finished}");
+    async fn handler_lines_carry_the_span_except_on_the_spanless_path() {
+        let (log, ids) = serve("info").await;
+        let ok = lines_with(&log, "ok handler ran");
+        assert_eq!(ok.len(), 1, "{log}");
+        assert!(ok[0].contains(&span_of(&ids, "/ok")), "{}", ok[0]);
+        let quiet = lines_with(&log, "quiet handler ran");
+        assert_eq!(quiet.len(), 1, "{log}");
+        assert!(!quiet[0].contains("request{"), "{}", quiet[0]);
+    }
+
+    #[actix_rt::test]
+    async fn error_lines_keep_their_span_when_only_errors_are_logged() {
+        let (log, ids) = serve("error").await;
+        assert_eq!(log.lines().count(), 1, "{log}");
+        assert!(log.contains("disk on fire"), "{log}");
+        assert!(log.contains(&span_of(&ids, "/broken")), "{log}");
+    }
+
+    #[actix_rt::test]
+    async fn every_request_is_logged_once_more_at_debug() {
+        let (log, ids) = serve("debug").await;
+        for (path, status) in [
+            ("/fail", 401),
+            ("/broken", 500),
+            ("/guarded", 403),
+            ("/ok", 200),
+            ("/quiet", 401),
+        ] {
+            let finished = lines_with(&log, "request finished");
+            let finished: Vec<_> = finished
+                .into_iter()
+                .filter(|line| line.contains(&span_of(&ids, path)))
+                .collect();
+            assert_eq!(finished.len(), 1, "{path}:\n{log}");
+            assert!(
+                finished[0].contains(&format!("status={status}")),
+                "{}",
+                finished[0]
+            );
         }
+        assert_eq!(lines_with(&log, "no session here").len(), 1, "{log}");
     }
 
     #[test]

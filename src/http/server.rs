@@ -163,6 +163,8 @@ async fn start_parts(config: ServerConfig) -> Result<RunningServer, StartError> 
     let tracking = web::Data::new(Tracking {
         observer: metrics.clone(),
         trust_incoming_id: true,
+        // The counter handler logs each value it hands out, in the span.
+        spanless_path: None,
     });
     let body_limit = web::Data::new(BodyLimit(http.max_body_bytes));
     let body_timeout = crate::http::BodyTimeout(http.body_timeout());
@@ -255,7 +257,7 @@ fn routes(config: &mut web::ServiceConfig) {
                 .default_service(web::to(|request: HttpRequest| wrong_method(request, "GET"))),
         )
         .service(
-            web::resource("/resource/counter")
+            web::resource(crate::http::COUNTER_PATH)
                 .route(web::post().to(increment))
                 .default_service(web::to(|request: HttpRequest| {
                     wrong_method(request, "POST")

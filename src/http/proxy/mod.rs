@@ -377,6 +377,7 @@ async fn start_parts(config: ProxyConfig) -> Result<RunningProxy, StartError> {
     let tracking = web::Data::new(Tracking {
         observer: metrics.clone(),
         trust_incoming_id: false,
+        spanless_path: Some(crate::http::COUNTER_PATH),
     });
 
     // The HTTP listener.

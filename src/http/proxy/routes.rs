@@ -51,7 +51,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     // actix-web tries routes in the order they are added, and the
     // protected call is the one made most often, so it comes first. No
     // other route matches its path.
-    cfg.route("/resource/counter", web::post().to(resource_counter))
+    cfg.route(crate::http::COUNTER_PATH, web::post().to(resource_counter))
         .route("/health", web::get().to(health))
         .route("/enroll/register", web::post().to(enroll_register))
         .route("/enroll/status", web::get().to(enroll_status))
@@ -592,7 +592,8 @@ struct SessionReply<'a> {
 
 /// The protected call: checks the session with this worker's session cache,
 /// then requests the next value from k_server through this worker's
-/// upstream actor.
+/// upstream actor. It runs without a request span (see
+/// [`crate::http::request::track`]), so it writes no lines of its own.
 async fn resource_counter(
     state: State,
     cache: web::Data<Addr<SessionCache>>,
