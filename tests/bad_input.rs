@@ -95,6 +95,13 @@ fn check_error_body(case: &str, response: &RawResponse, expected: &Expect) -> Re
     {
         return Err(format!("{case}: not sent as JSON: {}", response.head));
     }
+    if !response
+        .head
+        .to_ascii_lowercase()
+        .contains("x-request-id: ")
+    {
+        return Err(format!("{case}: no request id: {}", response.head));
+    }
     Ok(())
 }
 
@@ -553,6 +560,19 @@ fn bad_requests_get_json_errors() {
                 br#"{"username":"alice"}"#,
             ),
             expect(403, "forbidden", "https://evil.example"),
+        ),
+        (
+            "cross-site POST",
+            request(
+                "POST",
+                "/session/login",
+                &[
+                    ("Content-Type", "application/json"),
+                    ("Sec-Fetch-Site", "cross-site"),
+                ],
+                br#"{"username":"alice"}"#,
+            ),
+            expect(403, "forbidden", "Sec-Fetch-Site: cross-site"),
         ),
     ];
 

@@ -259,7 +259,8 @@ mod tests {
     /// and a spanless route whose handler logs and then refuses.
     const PATHS: [&str; 5] = ["/fail", "/broken", "/guarded", "/ok", "/quiet"];
 
-    /// Stands for an inner middleware such as `same_origin`.
+    /// Stands for an inner middleware that fails with an error instead of
+    /// replying with one.
     async fn refuse_guarded(
         req: ServiceRequest,
         next: Next<impl MessageBody>,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, Addr};
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::middleware::{from_fn, DefaultHeaders, Next};
@@ -176,35 +176,47 @@ fn security_headers() -> DefaultHeaders {
 /// Middleware: a state-changing request must come from the configured
 /// origin. Browsers send `Origin` and `Sec-Fetch-Site` on cross-site
 /// requests; command-line clients send neither and are let through, since
-/// they cannot carry a browser's cookie by accident.
+/// they cannot carry a browser's cookie by accident. A refusal is a reply,
+/// not an error, so that the request middleware around it adds the
+/// request id as it does to every reply.
 async fn same_origin(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        if let Some(origin) = req.headers().get("origin") {
-            let expected = req
-                .app_data::<web::Data<ProxyState>>()
-                .map_or("", |s| s.rp.origin.as_str());
-            if origin.as_bytes() != expected.as_bytes() {
-                return Err(ApiError::Forbidden(format!(
-                    "requests from origin {:?} are not accepted; use the portal at {expected}",
-                    String::from_utf8_lossy(origin.as_bytes())
-                ))
-                .into());
-            }
-        }
-        if let Some(site) = req.headers().get("sec-fetch-site") {
-            if !matches!(site.as_bytes(), b"same-origin" | b"none") {
-                return Err(ApiError::Forbidden(format!(
-                    "cross-site request ({}) rejected",
-                    String::from_utf8_lossy(site.as_bytes())
-                ))
-                .into());
-            }
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    match cross_origin_refusal(&req) {
+        Some(refusal) => Ok(req.error_response(refusal).map_into_right_body()),
+        None => next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body),
+    }
+}
+
+/// Returns why `req` is refused as a cross-site request, if it is.
+fn cross_origin_refusal(req: &ServiceRequest) -> Option<ApiError> {
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        return None;
+    }
+    let expected = req
+        .app_data::<web::Data<ProxyState>>()
+        .map_or("", |s| s.rp.origin.as_str());
+    if let Some(origin) = req.headers().get("origin") {
+        if origin.as_bytes() != expected.as_bytes() {
+            return Some(ApiError::Forbidden(format!(
+                "requests from origin {:?} are not accepted; use the portal at {expected}",
+                String::from_utf8_lossy(origin.as_bytes())
+            )));
         }
     }
-    next.call(req).await
+    if let Some(site) = req.headers().get("sec-fetch-site") {
+        if !matches!(site.as_bytes(), b"same-origin" | b"none") {
+            return Some(ApiError::Forbidden(format!(
+                "a cross-site request (Sec-Fetch-Site: {}) is not accepted; use the portal at {expected}",
+                String::from_utf8_lossy(site.as_bytes())
+            )));
+        }
+    }
+    None
 }
 
 fn bad_key(key: &str, message: impl Into<String>) -> StartError {
