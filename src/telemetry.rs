@@ -30,7 +30,7 @@ pub fn init(format: LogFormat, default_level: &str) {
     };
 }
 
-/// Log capture for tests of what is logged.
+/// In-memory log capture for tests of what is logged.
 #[cfg(test)]
 pub(crate) mod capture {
     use std::io::Write;

@@ -77,9 +77,8 @@ pub struct Tracking {
 /// exception: it runs without a span, and its lines about the request get
 /// one when they are written. Opening a span for every call and entering
 /// it on every poll cost 2 to 4 % of the proxy's throughput at one
-/// connection (BENCHMARKS.md). That handler writes no lines of its own,
-/// and the actors it calls log from their own tasks, outside any request
-/// span.
+/// connection (BENCHMARKS.md). That handler writes no lines of its own.
+/// The actors it calls log from their own tasks, outside any request span.
 pub async fn track(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -95,9 +94,9 @@ pub async fn track(
         .as_ref()
         .and_then(|t| t.spanless_path)
         .is_some_and(|path| path == req.path());
-    // For the lines below, after the request has been handed on. Both
-    // clones are cheap: a method is an enum and a URI's parts are
-    // reference-counted.
+    // Kept for the lines written after the request has been handed on.
+    // Both clones are cheap because a standard method is an enum value and
+    // a URI's parts are reference-counted bytes.
     let method = req.method().clone();
     let uri = req.uri().clone();
     req.extensions_mut().insert(RequestId(id.clone()));
@@ -167,7 +166,7 @@ fn request_span(level: Level, id: &str, method: &Method, uri: &Uri) -> tracing::
 }
 
 /// Writes the one line about a failed request, in its span: `error` for a
-/// failure of the proxy, k_server or the card (5xx), `info` for a refused
+/// failure of the proxy, k_server or the card (5xx), `info` for a rejected
 /// request (4xx), which is the client's to fix.
 fn log_failure(error: &ApiError, status: StatusCode, id: &str, method: &Method, uri: &Uri) {
     if status.is_server_error() {
@@ -254,14 +253,14 @@ mod tests {
         assert_eq!(request_id(&headers(&longest), true), longest);
     }
 
-    /// Paths of the test app: a refusal (4xx) and a failure (5xx) from a
-    /// handler, a refusal from a middleware, a success whose handler logs,
-    /// and a spanless route whose handler logs and then refuses.
+    /// Paths of the test app: a rejection (4xx) and a failure (5xx) from a
+    /// handler, a rejection from a middleware, a success whose handler logs,
+    /// and a spanless route whose handler logs and then rejects.
     const PATHS: [&str; 5] = ["/fail", "/broken", "/guarded", "/ok", "/quiet"];
 
-    /// Stands for an inner middleware that fails with an error instead of
-    /// replying with one.
-    async fn refuse_guarded(
+    /// Rejects `/guarded` with an error instead of a reply, as an inner
+    /// middleware may.
+    async fn reject_guarded(
         req: ServiceRequest,
         next: Next<impl MessageBody>,
     ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
@@ -321,15 +320,15 @@ mod tests {
                         ))
                     }),
                 )
-                .wrap(from_fn(refuse_guarded))
+                .wrap(from_fn(reject_guarded))
                 .wrap(from_fn(track)),
         )
         .await;
         let mut ids = HashMap::new();
         for path in PATHS {
-            // A middleware's refusal comes back as an error. actix-web turns
-            // it into a reply later, without the id header, so its id is
-            // read from its line instead.
+            // A middleware's error is returned as `Err`. actix-web turns it
+            // into a reply later, without the id header, so its id is read
+            // from its line instead.
             let Ok(reply) = try_call_service(&app, TestRequest::get().uri(path).to_request()).await
             else {
                 continue;
@@ -359,7 +358,7 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn each_failure_is_logged_once_at_its_level_in_its_span() {
+    async fn failures_logged_once_in_span() {
         let (log, ids) = serve("info").await;
         for (path, text, level) in [
             ("/fail", "no session here", " INFO "),
@@ -379,7 +378,7 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn handler_lines_carry_the_span_except_on_the_spanless_path() {
+    async fn handler_lines_carry_span_unless_spanless() {
         let (log, ids) = serve("info").await;
         let ok = lines_with(&log, "ok handler ran");
         assert_eq!(ok.len(), 1, "{log}");
@@ -390,7 +389,7 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn error_lines_keep_their_span_when_only_errors_are_logged() {
+    async fn error_lines_keep_span_at_error_level() {
         let (log, ids) = serve("error").await;
         assert_eq!(log.lines().count(), 1, "{log}");
         assert!(log.contains("disk on fire"), "{log}");
@@ -398,7 +397,7 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn every_request_is_logged_once_more_at_debug() {
+    async fn debug_logs_every_request_once() {
         let (log, ids) = serve("debug").await;
         for (path, status) in [
             ("/fail", 401),

@@ -176,15 +176,15 @@ fn security_headers() -> DefaultHeaders {
 /// Middleware: a state-changing request must come from the configured
 /// origin. Browsers send `Origin` and `Sec-Fetch-Site` on cross-site
 /// requests; command-line clients send neither and are let through, since
-/// they cannot carry a browser's cookie by accident. A refusal is a reply,
-/// not an error, so that the request middleware around it adds the
-/// request id as it does to every reply.
+/// they cannot carry a browser's cookie by accident. A rejection is
+/// returned as a reply, not as an error, so that the request middleware
+/// around it adds the request id as it does to every reply.
 async fn same_origin(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    match cross_origin_refusal(&req) {
-        Some(refusal) => Ok(req.error_response(refusal).map_into_right_body()),
+    match cross_origin_error(&req) {
+        Some(error) => Ok(req.error_response(error).map_into_right_body()),
         None => next
             .call(req)
             .await
@@ -192,8 +192,8 @@ async fn same_origin(
     }
 }
 
-/// Returns why `req` is refused as a cross-site request, if it is.
-fn cross_origin_refusal(req: &ServiceRequest) -> Option<ApiError> {
+/// Returns the error for a cross-site `req`, or `None` when it is accepted.
+fn cross_origin_error(req: &ServiceRequest) -> Option<ApiError> {
     if req.method() == Method::GET || req.method() == Method::HEAD {
         return None;
     }
