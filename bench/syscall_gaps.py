@@ -16,6 +16,14 @@ and mean in microseconds:
 - the time spent blocked in epoll_wait, by the descriptor read next, which
   separates waiting for the client from waiting for the upstream.
 
+With --proxy TIDS --server TIDS (comma-separated thread ids of two
+processes recorded together), it prints the hand-offs between the two
+instead. One way is from a proxy thread entering a write to the next
+server thread leaving a read with data. The other is from a server
+thread entering a write to the next proxy thread leaving epoll_wait.
+Each is split by whether the two threads ran on the same CPU, because a
+thread woken on another CPU takes longer to start.
+
 perf stamps events in whole microseconds, and each traced call costs some
 time of its own, so the figures are for comparing two programs traced the
 same way, not absolute.
@@ -30,28 +38,31 @@ from collections import defaultdict
 NAMES = {0: "read", 1: "write", 20: "writev", 44: "sendto", 45: "recvfrom",
          55: "getsockopt", 202: "futex", 232: "epoll_wait"}
 READS = {0, 45}
+WRITES = {1, 20, 44}
 EPOLL_WAIT = 232
 
 LINE = re.compile(
-    r"\s*(?P<comm>.+?)\s+(?P<tid>\d+)\s+\[\d+\]\s+(?P<ts>[\d.]+):\s+"
+    r"\s*(?P<comm>.+?)\s+(?P<tid>\d+)\s+\[(?P<cpu>\d+)\]\s+(?P<ts>[\d.]+):\s+"
     r"raw_syscalls:sys_(?P<kind>enter|exit): NR (?P<nr>\d+) (?P<rest>.*)"
 )
 
 
 def parse(lines):
     """Return each thread's events, as (microseconds, 'enter' or 'exit',
-    call number, fd), and each thread's command name."""
+    call number, fd or return value, CPU), and each thread's command name."""
     threads = defaultdict(list)
     names = {}
     for line in lines:
         match = LINE.match(line)
         if not match:
             continue
-        fd = None
         if match["kind"] == "enter":
-            fd = int(match["rest"].strip("()").split(",")[0], 16)
+            value = int(match["rest"].strip("()").split(",")[0], 16)
+        else:
+            value = int(match["rest"].split("=")[1])
         names[match["tid"]] = match["comm"]
-        event = (float(match["ts"]) * 1e6, match["kind"], int(match["nr"]), fd)
+        event = (float(match["ts"]) * 1e6, match["kind"], int(match["nr"]), value,
+                 int(match["cpu"]))
         threads[match["tid"]].append(event)
     return threads, names
 
@@ -68,7 +79,7 @@ def summarize(events):
     waits = defaultdict(list)
     entered = None
     left = None
-    for ts, kind, nr, fd in events:
+    for ts, kind, nr, fd, _ in events:
         if kind == "enter":
             if left is not None:
                 between[f"{label(*entered)} -> {label(nr, fd)}"].append(ts - left)
@@ -79,6 +90,30 @@ def summarize(events):
             inside[label(*entered)].append(ts - entered_at)
             left = ts
     return inside, between, waits
+
+
+def handoffs(threads, proxy, server):
+    """Return the hand-off times between proxy and server threads, in
+    microseconds, by direction, server thread and same or other CPU."""
+    merged = sorted((event, tid) for tid, events in threads.items()
+                    if tid in proxy | server for event in events)
+    times = defaultdict(list)
+    to_server = None
+    to_proxy = None
+    for (ts, kind, nr, value, cpu), tid in merged:
+        if tid in proxy and kind == "enter" and nr in WRITES:
+            to_server = (ts, cpu)
+        elif tid in server and kind == "exit" and nr in READS and value > 0 and to_server:
+            where = "same CPU" if cpu == to_server[1] else "other CPU"
+            times[f"proxy -> server {tid}, {where}"].append(ts - to_server[0])
+            to_server = None
+        elif tid in server and kind == "enter" and nr in WRITES:
+            to_proxy = (ts, cpu, tid)
+        elif tid in proxy and kind == "exit" and nr == EPOLL_WAIT and to_proxy:
+            where = "same CPU" if cpu == to_proxy[1] else "other CPU"
+            times[f"server {to_proxy[2]} -> proxy, {where}"].append(ts - to_proxy[0])
+            to_proxy = None
+    return times
 
 
 def show(title, groups, limit):
@@ -92,8 +127,18 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--min-events", type=int, default=1000)
     parser.add_argument("--rows", type=int, default=10)
+    parser.add_argument("--proxy", help="the proxy's thread ids, comma-separated")
+    parser.add_argument("--server", help="the server's thread ids, comma-separated")
     args = parser.parse_args()
     threads, names = parse(sys.stdin)
+    if args.proxy or args.server:
+        if not (args.proxy and args.server):
+            sys.exit("--proxy and --server go together: give both thread id lists")
+        times = handoffs(threads, set(args.proxy.split(",")), set(args.server.split(",")))
+        if not times:
+            sys.exit("no hand-off found: check the thread ids against `perf script`")
+        show("handoff", times, args.rows)
+        return
     busy = {tid: ev for tid, ev in threads.items() if len(ev) >= args.min_events}
     if not busy:
         sys.exit(f"no thread has {args.min_events} events: record longer, "
