@@ -12,13 +12,14 @@
 //! restarted counter continues after them. No value is ever handed out
 //! twice.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use actix::prelude::*;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::actors::counter_store::FileStore;
 use crate::error::ApiError;
 use crate::metrics::ServerMetrics;
 
@@ -201,9 +202,9 @@ impl Actor for CounterActor {
 }
 
 impl CounterActor {
-    /// Opens (or creates) the sled database at `path`.
+    /// Opens (or creates) the counter file in the store folder `path`.
     pub fn open(path: &Path) -> Result<Self, CounterError> {
-        Self::new(Box::new(SledStore::open(path)?))
+        Self::new(Box::new(FileStore::open(path)?))
     }
 
     /// Loads the last durable value from `store`.
@@ -355,97 +356,6 @@ impl CounterActor {
             }
             ctx.stop();
         }));
-    }
-}
-
-/// The counter in a sled database: tree `counter`, key `value`, the value
-/// as 8 bytes big-endian.
-pub struct SledStore {
-    path: PathBuf,
-    tree: sled::Tree,
-    // Kept open for the tree's lifetime; dropping the last handle flushes
-    // and releases the database's file lock.
-    _db: sled::Db,
-}
-
-impl SledStore {
-    const TREE: &'static str = "counter";
-    const KEY: &'static [u8] = b"value";
-
-    /// Opens (or creates) the database folder at `path`.
-    pub fn open(path: &Path) -> Result<Self, CounterError> {
-        let failed = |error: sled::Error| {
-            CounterError::Storage(format!(
-                "cannot open {}: {}",
-                path.display(),
-                sled_reason(error)
-            ))
-        };
-        let db = sled::open(path).map_err(failed)?;
-        let tree = db.open_tree(Self::TREE).map_err(failed)?;
-        Ok(SledStore {
-            path: path.to_path_buf(),
-            tree,
-            _db: db,
-        })
-    }
-
-    fn failed(&self, action: &str, error: sled::Error) -> CounterError {
-        CounterError::Storage(format!(
-            "{action} {}: {}",
-            self.path.display(),
-            sled_reason(error)
-        ))
-    }
-}
-
-/// Returns the text of a sled error. sled's own text for an I/O error is
-/// the Debug form of `io::Error`, so this uses its Display form instead.
-fn sled_reason(error: sled::Error) -> String {
-    match error {
-        sled::Error::Io(error) => error.to_string(),
-        other => other.to_string(),
-    }
-}
-
-impl CounterStore for SledStore {
-    fn load(&mut self) -> Result<u64, CounterError> {
-        let stored = self
-            .tree
-            .get(Self::KEY)
-            .map_err(|error| self.failed("cannot read", error))?;
-        let Some(bytes) = stored else {
-            return Ok(0);
-        };
-        let bytes: [u8; 8] = bytes.as_ref().try_into().map_err(|_| {
-            CounterError::Corrupt(format!(
-                "{}: record `value`: expected 8 bytes, found {}",
-                self.path.display(),
-                bytes.len()
-            ))
-        })?;
-        Ok(u64::from_be_bytes(bytes))
-    }
-
-    fn store(&mut self, value: u64) -> Result<(), CounterError> {
-        let previous = self
-            .tree
-            .insert(Self::KEY, &value.to_be_bytes())
-            .map_err(|error| self.failed("cannot write", error))?;
-
-        if let Err(error) = self.tree.flush() {
-            // Put the previous value back in memory, so that a later flush
-            // cannot make the failed batch's value durable.
-            let restored = match previous {
-                Some(bytes) => self.tree.insert(Self::KEY, bytes).map(drop),
-                None => self.tree.remove(Self::KEY).map(drop),
-            };
-            if let Err(restore_error) = restored {
-                tracing::warn!(%restore_error, "cannot restore the counter after a failed flush");
-            }
-            return Err(self.failed("cannot flush", error));
-        }
-        Ok(())
     }
 }
 
@@ -612,7 +522,7 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn sled_store_reopens_at_last_value() {
+    async fn file_store_reopens_at_last_value() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("counter");
 
@@ -626,24 +536,5 @@ mod tests {
         assert_eq!(counter.value, 3);
         let counter = counter.start();
         assert_eq!(increment(&counter).await, Ok(4));
-    }
-
-    #[test]
-    fn sled_store_rejects_record_of_wrong_length() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("counter");
-        {
-            let db = sled::open(&path).expect("open");
-            let tree = db.open_tree(SledStore::TREE).expect("tree");
-            tree.insert(SledStore::KEY, &[1, 2, 3]).expect("insert");
-            tree.flush().expect("flush");
-        }
-
-        let error = CounterActor::open(&path).err().expect("corrupt record");
-        assert!(matches!(error, CounterError::Corrupt(_)), "{error:?}");
-        assert!(
-            error.to_string().contains("expected 8 bytes, found 3"),
-            "{error}"
-        );
     }
 }

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod card;
 pub mod counter;
+pub mod counter_store;
 pub mod enrollments;
 pub mod operations;
 pub mod ratelimit;
