@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr, MailboxError};
+use actix::{Addr, MailboxError};
 use actix_rt::task::JoinHandle;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::http::KeepAlive;
@@ -31,6 +31,7 @@ use serde::Serialize;
 use crate::actors::counter::{Close, CounterActor, CounterStats, Increment, Stats};
 use crate::config::ServerConfig;
 use crate::error::{ApiError, StartError};
+use crate::http::probes::CHECK_TIMEOUT;
 use crate::http::request::Tracking;
 use crate::metrics::listener::{MetricsListener, Scrape};
 use crate::metrics::{RouteTable, ServerGauges, ServerMetrics};
@@ -122,8 +123,8 @@ impl SpawnedServer {
     }
 }
 
-/// Starts the server on `config.listen`. Must run inside an actix System,
-/// and the counter actor runs on the calling arbiter.
+/// Starts the server on `config.listen`. Must run inside an actix System.
+/// The counter actor runs on an arbiter of its own.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     crate::http::settle_failed_start(start_parts(config).await).await
 }
@@ -145,7 +146,7 @@ async fn start_parts(config: ServerConfig) -> Result<RunningServer, StartError> 
             reason: error.to_string(),
         })?
         .with_metrics(metrics.clone())
-        .start();
+        .start_on_own_thread();
 
     // 3. The metrics listener, when configured.
     let metrics_listener = match config.metrics.listen {
@@ -227,13 +228,13 @@ fn server_scrape(metrics: Arc<ServerMetrics>, counter: Addr<CounterActor>) -> Sc
         let (metrics, counter) = (metrics.clone(), counter.clone());
         Box::pin(async move {
             let mut gauges = ServerGauges::default();
-            match counter.send(Stats).await {
+            match counter_stats(&counter).await {
                 Ok(stats) => {
                     gauges.value = stats.value;
                     gauges.waiting = stats.waiting as u64;
                     gauges.failed_batches = stats.failed_batches;
                 }
-                Err(e) => tracing::warn!(error = %e, "metrics: the counter actor did not respond"),
+                Err(error) => tracing::warn!(%error, "metrics: no counter values"),
             }
             metrics.render(&gauges)
         })
@@ -275,7 +276,7 @@ struct HealthBody {
 }
 
 async fn health(counter: web::Data<Addr<CounterActor>>) -> Result<HttpResponse, ApiError> {
-    let stats = counter.send(Stats).await.map_err(counter_gone)?;
+    let stats = counter_stats(&counter).await?;
     Ok(HttpResponse::Ok().json(HealthBody {
         ok: true,
         role: "server",
@@ -334,6 +335,18 @@ async fn discard_body(mut body: web::Payload, limit: usize) -> Result<(), ApiErr
         }
     }
     Ok(())
+}
+
+/// Returns the counter's statistics. The counter answers between writes,
+/// so a stalled disk delays the answer, and the wait is bounded.
+async fn counter_stats(counter: &Addr<CounterActor>) -> Result<CounterStats, ApiError> {
+    match counter.send(Stats).timeout(CHECK_TIMEOUT).await {
+        Err(MailboxError::Timeout) => Err(ApiError::Unavailable(format!(
+            "the counter did not answer within {CHECK_TIMEOUT:?}: its store may be stalled; \
+             check the disk that holds store.path"
+        ))),
+        other => other.map_err(counter_gone),
+    }
 }
 
 fn counter_gone(error: MailboxError) -> ApiError {
