@@ -2,10 +2,10 @@
 //! the last reserved value.
 //!
 //! The file `counter.dat` in the store folder has two slots, each at the
-//! start of its own 512-byte sector. A write replaces the slot that does
-//! not hold the newest value and then waits for `fdatasync`, so a write
-//! torn by a crash or a power loss can damage only that slot, and the other
-//! one still contains the last durable value. Each slot carries a checksum,
+//! start of its own 512-byte sector. A write replaces the slot without the
+//! newest value and then waits for `fdatasync`. A write torn by a crash or
+//! a power loss can therefore damage only that slot, while the other one
+//! still contains the last durable value. Each slot carries a checksum,
 //! and loading takes the larger value of the valid slots.
 //!
 //! The file keeps its size once created, so a write needs no new disk space
@@ -15,8 +15,9 @@
 //! 0.34 hands each flush to its I/O thread pool and wakes all seven idle
 //! threads of the pool for it, which took more than half of k_server's CPU
 //! time with one client. A folder that holds such a database and no counter
-//! file has its value imported once, and the sled files are left in place,
-//! no longer read.
+//! file has its value imported once. The sled files stay, with the value
+//! replaced by a marker that earlier versions reject as corrupt, so that
+//! one started on the folder again cannot repeat values.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -93,12 +94,30 @@ impl FileStore {
         }
 
         let path = folder.join(FILE_NAME);
-        if !path
+        let database = folder.join("db");
+        let has_sled = database
             .try_exists()
-            .map_err(|error| failed("cannot open", &path, error))?
-        {
-            let value = import_sled(folder)?;
-            create(&path, &lock, value)?;
+            .map_err(|error| failed("cannot open", &database, error))?;
+        let has_file = path
+            .try_exists()
+            .map_err(|error| failed("cannot open", &path, error))?;
+        match (has_file, has_sled) {
+            (false, false) => create(&path, &lock, 0)?,
+            (false, true) => {
+                // One sled handle for both steps: sled releases its lock
+                // only some time after a handle is dropped.
+                let mut sled = SledStore::open(folder)?;
+                let value = sled.load()?;
+                create(&path, &lock, value)?;
+                tracing::info!(
+                    value,
+                    folder = %folder.display(),
+                    "counter imported from the sled database; its files are no longer read"
+                );
+                retire(folder, Ok(sled));
+            }
+            (true, true) => retire(folder, SledStore::open(folder)),
+            (true, false) => {}
         }
         let file = OpenOptions::new()
             .read(true)
@@ -212,30 +231,24 @@ fn create(path: &Path, folder: &File, value: u64) -> Result<(), CounterError> {
         .map_err(|error| failed("cannot flush", path, error))
 }
 
-/// Returns the value of the sled database that held the counter before
-/// `counter.dat` existed, or 0 when `folder` has none.
-fn import_sled(folder: &Path) -> Result<u64, CounterError> {
-    let database = folder.join("db");
-    if !database
-        .try_exists()
-        .map_err(|error| failed("cannot open", &database, error))?
-    {
-        return Ok(0);
+/// Replaces the value in the old sled database with [`SledStore::RETIRED`],
+/// so that an earlier version started on this folder refuses to start
+/// instead of continuing from a stale value and repeating values. Runs at
+/// every start while the database exists, so that a crash between the
+/// import and this step is caught up. A failure is logged and the counter
+/// still starts, because the counter file does not depend on it.
+fn retire(folder: &Path, sled: Result<SledStore, CounterError>) {
+    if let Err(error) = sled.and_then(|mut sled| sled.retire()) {
+        tracing::warn!(
+            %error,
+            folder = %folder.display(),
+            "cannot mark the old sled counter as moved; an earlier version started on this folder would repeat values"
+        );
     }
-    // The sled database and its lock are released when `sled` is dropped
-    // at the end of this function.
-    let mut sled = SledStore::open(folder)?;
-    let value = sled.load()?;
-    tracing::info!(
-        value,
-        folder = %folder.display(),
-        "counter imported from the sled database; its files are no longer read"
-    );
-    Ok(value)
 }
 
 /// The counter as earlier versions stored it: tree `counter`, key `value`,
-/// the value as 8 bytes big-endian. Only read, to import it.
+/// the value as 8 bytes big-endian. Read to import it, then retired.
 pub(crate) struct SledStore {
     path: PathBuf,
     tree: sled::Tree,
@@ -247,6 +260,9 @@ pub(crate) struct SledStore {
 impl SledStore {
     pub(crate) const TREE: &'static str = "counter";
     pub(crate) const KEY: &'static [u8] = b"value";
+    /// Stored in place of the value once it is imported. It is not 8 bytes
+    /// long, so earlier versions reject it as corrupt.
+    pub(crate) const RETIRED: &'static [u8] = b"moved to counter.dat";
 
     fn open(path: &Path) -> Result<Self, CounterError> {
         let db = sled::open(path).map_err(|error| sled_failed("cannot open", path, error))?;
@@ -268,6 +284,14 @@ impl SledStore {
         let Some(bytes) = stored else {
             return Ok(0);
         };
+        if bytes.as_ref() == Self::RETIRED {
+            return Err(CounterError::Corrupt(format!(
+                "{}: the counter moved from the sled database to {FILE_NAME}, which is \
+                 missing; restore {FILE_NAME} from a backup. Starting again at 1 would \
+                 repeat values",
+                self.path.display()
+            )));
+        }
         let bytes: [u8; 8] = bytes.as_ref().try_into().map_err(|_| {
             CounterError::Corrupt(format!(
                 "{}: sled record `value`: expected 8 bytes, found {}",
@@ -276,6 +300,24 @@ impl SledStore {
             ))
         })?;
         Ok(u64::from_be_bytes(bytes))
+    }
+
+    /// Stores [`Self::RETIRED`] unless it is there already.
+    fn retire(&mut self) -> Result<(), CounterError> {
+        let stored = self
+            .tree
+            .get(Self::KEY)
+            .map_err(|error| sled_failed("cannot read", &self.path, error))?;
+        if stored.as_deref() == Some(Self::RETIRED) {
+            return Ok(());
+        }
+        self.tree
+            .insert(Self::KEY, Self::RETIRED)
+            .map_err(|error| sled_failed("cannot write", &self.path, error))?;
+        self.tree
+            .flush()
+            .map_err(|error| sled_failed("cannot flush", &self.path, error))?;
+        Ok(())
     }
 }
 
@@ -424,11 +466,32 @@ mod tests {
         assert!(message.contains(&path.display().to_string()), "{message}");
     }
 
+    /// Opens the sled database at `path`. sled releases its lock some time
+    /// after the last handle is dropped, so this retries for a while.
+    fn open_sled(path: &Path) -> sled::Db {
+        for _ in 0..100 {
+            if let Ok(db) = sled::open(path) {
+                return db;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        sled::open(path).expect("open sled")
+    }
+
     fn sled_counter(path: &Path, record: &[u8]) {
-        let db = sled::open(path).expect("open sled");
+        let db = open_sled(path);
         let tree = db.open_tree(SledStore::TREE).expect("tree");
         tree.insert(SledStore::KEY, record).expect("insert");
         tree.flush().expect("flush");
+    }
+
+    fn sled_record(path: &Path) -> Vec<u8> {
+        let db = open_sled(path);
+        let tree = db.open_tree(SledStore::TREE).expect("tree");
+        tree.get(SledStore::KEY)
+            .expect("read")
+            .expect("record")
+            .to_vec()
     }
 
     #[test]
@@ -440,10 +503,30 @@ mod tests {
         assert_eq!(store.load(), Ok(41));
         store.store(42).expect("store");
         drop(store);
+        assert_eq!(sled_record(&path), SledStore::RETIRED);
 
-        // The sled database is not read again.
+        // The sled database is not read again, and is retired again.
         sled_counter(&path, &7u64.to_be_bytes());
         assert_eq!(FileStore::open(&path).expect("reopen").load(), Ok(42));
+        assert_eq!(sled_record(&path), SledStore::RETIRED);
+    }
+
+    #[test]
+    fn retired_sled_without_file_is_corrupt() {
+        let (_dir, path) = folder();
+        sled_counter(&path, &41u64.to_be_bytes());
+        drop(FileStore::open(&path).expect("import"));
+        std::fs::remove_file(path.join(FILE_NAME)).expect("remove the counter file");
+
+        let error = FileStore::open(&path)
+            .err()
+            .expect("only the marker is left");
+        assert!(matches!(error, CounterError::Corrupt(_)), "{error:?}");
+        assert!(error.to_string().contains("which is missing"), "{error}");
+        assert!(
+            !path.join(FILE_NAME).exists(),
+            "no counter file from the marker"
+        );
     }
 
     #[test]
