@@ -24,8 +24,13 @@ use crate::error::ApiError;
 use crate::metrics::ServerMetrics;
 
 /// Increments that may wait for the next batch before new ones are
-/// rejected. Each waiting increment is an open HTTP request, so this only
-/// bounds memory when the store stalls.
+/// rejected.
+///
+/// NOTE: this bounds only the increments the actor has read. While a write
+/// blocks the actor's thread, new increments queue in its mailbox, which
+/// has no bound here. Each of them is an open HTTP request, so the server's
+/// connection limits bound them, and the HTTP handler gives up after its
+/// own timeout.
 pub const MAX_WAITING: usize = 65_536;
 
 /// Reserves the next value. Resolves once the value is durable.
@@ -390,7 +395,7 @@ mod tests {
     #[actix_rt::test]
     async fn increments_during_write_share_next_batch() {
         let store = MemoryStore {
-            delay: Duration::from_millis(100),
+            delay: Duration::from_millis(300),
             ..MemoryStore::default()
         };
         let counter = CounterActor::new(Box::new(store.clone()))

@@ -2,7 +2,7 @@
 //! the last reserved value.
 //!
 //! The file `counter.dat` in the store folder has two slots, each at the
-//! start of its own 512-byte sector. A write replaces the slot without the
+//! start of its own 4 KiB block. A write replaces the slot without the
 //! newest value and then waits for `fdatasync`. A write torn by a crash or
 //! a power loss can therefore damage only that slot, while the other one
 //! still contains the last durable value. Each slot carries a checksum,
@@ -23,6 +23,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use fs2::FileExt as _;
 use sha2::{Digest, Sha256};
@@ -37,10 +38,10 @@ const MAGIC: &[u8; 8] = b"CGCNTR01";
 /// Magic, value (8 bytes, big-endian), then the first 16 bytes of the
 /// SHA-256 of both.
 const SLOT_LEN: usize = 32;
-/// Each slot starts a sector of its own, so that a torn sector write
-/// cannot reach both.
-const SLOT_OFFSETS: [u64; 2] = [0, 512];
-const FILE_LEN: u64 = 1024;
+/// Each slot starts a 4 KiB block of its own, the unit in which the page
+/// cache writes a file back, so that a torn write cannot reach both.
+const SLOT_OFFSETS: [u64; 2] = [0, 4096];
+const FILE_LEN: u64 = 8192;
 
 fn encode(value: u64) -> [u8; SLOT_LEN] {
     let mut slot = [0; SLOT_LEN];
@@ -80,7 +81,7 @@ impl FileStore {
     /// Opens the counter in the folder `folder`, creating both if missing.
     /// Fails if another process has the folder open as a store.
     pub fn open(folder: &Path) -> Result<Self, CounterError> {
-        std::fs::create_dir_all(folder).map_err(|error| failed("cannot create", folder, error))?;
+        create_folder(folder)?;
         let lock = File::open(folder).map_err(|error| failed("cannot open", folder, error))?;
         if let Err(error) = lock.try_lock_exclusive() {
             if error.raw_os_error() == fs2::lock_contended_error().raw_os_error() {
@@ -166,8 +167,10 @@ impl FileStore {
 
     fn corrupt(&self, reason: &str) -> CounterError {
         CounterError::Corrupt(format!(
-            "{}: {reason}; restore the store folder from a backup. Deleting the file \
-             would start the counter again at 1 and repeat values",
+            "{}: {reason}. The server cannot tell the last value it handed out, so it \
+             does not start. Keep the file for inspection; deleting it or putting back \
+             an older copy would repeat values. To go on, write a counter file whose \
+             value is above every value clients have received",
             self.path.display()
         ))
     }
@@ -197,6 +200,22 @@ impl CounterStore for FileStore {
         self.next_slot = 1 - self.next_slot;
         Ok(())
     }
+}
+
+/// Creates `folder` if it is missing, and syncs its parent so that the new
+/// folder, and the counter file created in it, survive a power loss.
+fn create_folder(folder: &Path) -> Result<(), CounterError> {
+    if folder.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(folder).map_err(|error| failed("cannot create", folder, error))?;
+    let parent = match folder.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    File::open(parent)
+        .and_then(|parent| parent.sync_all())
+        .map_err(|error| failed("cannot flush", parent, error))
 }
 
 fn failed(action: &str, path: &Path, error: io::Error) -> CounterError {
@@ -264,8 +283,31 @@ impl SledStore {
     /// long, so earlier versions reject it as corrupt.
     pub(crate) const RETIRED: &'static [u8] = b"moved to counter.dat";
 
+    /// How long to wait for sled's lock on the database. sled releases it
+    /// some time after the last handle in the process is dropped.
+    const LOCK_WAIT: Duration = Duration::from_secs(2);
+
     fn open(path: &Path) -> Result<Self, CounterError> {
-        let db = sled::open(path).map_err(|error| sled_failed("cannot open", path, error))?;
+        let deadline = Instant::now() + Self::LOCK_WAIT;
+        let db = loop {
+            match sled::open(path) {
+                Ok(db) => break db,
+                // sled reports a held lock only in its message.
+                Err(sled::Error::Io(error))
+                    if error.to_string().starts_with("could not acquire lock") =>
+                {
+                    if Instant::now() >= deadline {
+                        return Err(CounterError::Storage(format!(
+                            "the sled database in {} is locked by another process, \
+                             probably an earlier k_server; stop it first",
+                            path.display()
+                        )));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(error) => return Err(sled_failed("cannot open", path, error)),
+            }
+        };
         let tree = db
             .open_tree(Self::TREE)
             .map_err(|error| sled_failed("cannot open", path, error))?;
@@ -287,8 +329,8 @@ impl SledStore {
         if bytes.as_ref() == Self::RETIRED {
             return Err(CounterError::Corrupt(format!(
                 "{}: the counter moved from the sled database to {FILE_NAME}, which is \
-                 missing; restore {FILE_NAME} from a backup. Starting again at 1 would \
-                 repeat values",
+                 missing. Put back the {FILE_NAME} this server used last; an older copy, \
+                 or none, would repeat values",
                 self.path.display()
             )));
         }
@@ -434,7 +476,7 @@ mod tests {
         let message = error.to_string();
         assert!(message.contains(FILE_NAME), "{message}");
         assert!(message.contains("neither copy"), "{message}");
-        assert!(message.contains("restore the store folder"), "{message}");
+        assert!(message.contains("would repeat values"), "{message}");
     }
 
     #[test]
@@ -450,7 +492,7 @@ mod tests {
         let error = FileStore::open(&path).err().expect("short file");
         assert!(matches!(error, CounterError::Corrupt(_)), "{error:?}");
         assert!(
-            error.to_string().contains("expected 1024 bytes, found 100"),
+            error.to_string().contains("expected 8192 bytes, found 100"),
             "{error}"
         );
     }

@@ -66,8 +66,15 @@ impl RunningServer {
         if let Some(listener) = self.metrics_listener {
             listener.stop().await;
         }
-        self.counter.send(Close).await.ok();
-        tracing::info!(addr = %self.addr, "server stopped; counter store closed");
+        match self.counter.send(Close).timeout(CLOSE_TIMEOUT).await {
+            Ok(()) => tracing::info!(addr = %self.addr, "server stopped; counter store closed"),
+            Err(error) => tracing::error!(
+                addr = %self.addr,
+                %error,
+                ?CLOSE_TIMEOUT,
+                "server stopped; the counter store did not close"
+            ),
+        }
         result
     }
 
@@ -297,7 +304,11 @@ async fn increment(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     discard_body(body, limit.0).await?;
-    let value = counter.send(Increment).await.map_err(counter_gone)??;
+    let value = counter
+        .send(Increment)
+        .timeout(INCREMENT_TIMEOUT)
+        .await
+        .map_err(|error| counter_gone(error, INCREMENT_TIMEOUT))??;
     tracing::debug!(value, "counter incremented");
     Ok(HttpResponse::Ok().json(CounterBody { ok: true, value }))
 }
@@ -340,15 +351,29 @@ async fn discard_body(mut body: web::Payload, limit: usize) -> Result<(), ApiErr
 /// Returns the counter's statistics. The counter answers between writes,
 /// so a stalled disk delays the answer, and the wait is bounded.
 async fn counter_stats(counter: &Addr<CounterActor>) -> Result<CounterStats, ApiError> {
-    match counter.send(Stats).timeout(CHECK_TIMEOUT).await {
-        Err(MailboxError::Timeout) => Err(ApiError::Unavailable(format!(
-            "the counter did not answer within {CHECK_TIMEOUT:?}: its store may be stalled; \
-             check the disk that holds store.path"
-        ))),
-        other => other.map_err(counter_gone),
-    }
+    counter
+        .send(Stats)
+        .timeout(CHECK_TIMEOUT)
+        .await
+        .map_err(|error| counter_gone(error, CHECK_TIMEOUT))
 }
 
-fn counter_gone(error: MailboxError) -> ApiError {
-    ApiError::Unavailable(format!("the counter is not running: {error}"))
+/// Longest wait for an increment. A write normally takes well under a
+/// millisecond, so only a stalled disk reaches it. The value of an
+/// increment given up on is skipped, never handed out later.
+const INCREMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest wait for the counter store to close at shutdown.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn counter_gone(error: MailboxError, waited: Duration) -> ApiError {
+    match error {
+        MailboxError::Timeout => ApiError::Unavailable(format!(
+            "the counter did not answer within {waited:?}: its store may be stalled; \
+             check the disk that holds store.path"
+        )),
+        MailboxError::Closed => {
+            ApiError::Unavailable(format!("the counter is not running: {error}"))
+        }
+    }
 }
