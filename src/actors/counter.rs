@@ -123,7 +123,7 @@ type Waiter = oneshot::Sender<Result<u64, CounterError>>;
 /// (see [`CounterActor::start_on_own_thread`]). Handing the write to a
 /// blocking pool instead would add two thread wake-ups to every batch,
 /// which at one client cost more CPU time than the write itself. While a
-/// write runs, new increments wait in the mailbox; the next batch starts
+/// write runs, new increments wait in the mailbox. The next batch starts
 /// once the mailbox has been read, so it takes all of them.
 pub struct CounterActor {
     /// `None` once closed by [`Close`] or after the store panicked.

@@ -348,8 +348,8 @@ async fn discard_body(mut body: web::Payload, limit: usize) -> Result<(), ApiErr
     Ok(())
 }
 
-/// Returns the counter's statistics. The counter answers between writes,
-/// so a stalled disk delays the answer, and the wait is bounded.
+/// Returns the counter's statistics. The counter replies only between
+/// writes, so a stalled disk delays the reply, and the wait is bounded.
 async fn counter_stats(counter: &Addr<CounterActor>) -> Result<CounterStats, ApiError> {
     counter
         .send(Stats)
@@ -358,12 +358,12 @@ async fn counter_stats(counter: &Addr<CounterActor>) -> Result<CounterStats, Api
         .map_err(|error| counter_gone(error, CHECK_TIMEOUT))
 }
 
-/// Longest wait for an increment. A write normally takes well under a
+/// Maximum wait for an increment. A write normally takes well under a
 /// millisecond, so only a stalled disk reaches it. The value of an
 /// increment given up on is skipped, never handed out later.
 const INCREMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Longest wait for the counter store to close at shutdown.
+/// Maximum wait for the counter store to close at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn counter_gone(error: MailboxError, waited: Duration) -> ApiError {
