@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Where a request's time goes between system calls, thread by thread.
+"""Time between system calls, thread by thread: where a request's time goes.
 
 Reads the text of `perf script` for a recording of the raw system call
 tracepoints, for example:

@@ -190,9 +190,7 @@ impl Actor for CounterActor {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        for waiter in self.waiting.drain(..) {
-            let _ = waiter.send(Err(CounterError::Closed));
-        }
+        fail_all(std::mem::take(&mut self.waiting), &CounterError::Closed);
         tracing::info!(
             value = self.value,
             batches = self.stats.batches,
@@ -282,15 +280,11 @@ impl CounterActor {
         let waiters = std::mem::take(&mut self.waiting);
         let size = waiters.len() as u64;
         let Some(store) = self.store.as_mut() else {
-            for waiter in waiters {
-                let _ = waiter.send(Err(CounterError::Closed));
-            }
+            fail_all(waiters, &CounterError::Closed);
             return;
         };
         let Some(last) = self.value.checked_add(size) else {
-            for waiter in waiters {
-                let _ = waiter.send(Err(CounterError::Exhausted));
-            }
+            fail_all(waiters, &CounterError::Exhausted);
             return;
         };
 
@@ -318,20 +312,24 @@ impl CounterActor {
             Ok(Err(error)) => {
                 self.stats.failed_batches += 1;
                 tracing::warn!(%error, size, value = self.value, "counter batch failed");
-                for waiter in waiters {
-                    let _ = waiter.send(Err(error.clone()));
-                }
+                fail_all(waiters, &error);
             }
             Err(_) => {
                 self.store = None;
                 self.stats.failed_batches += 1;
                 let error = CounterError::Storage("the store panicked while writing".into());
                 tracing::error!(%error, size, value = self.value, "counter closed");
-                for waiter in waiters {
-                    let _ = waiter.send(Err(error.clone()));
-                }
+                fail_all(waiters, &error);
             }
         }
+    }
+}
+
+/// Replies `error` to each of `waiters`. A waiter whose client has gone is
+/// skipped.
+fn fail_all(waiters: Vec<Waiter>, error: &CounterError) {
+    for waiter in waiters {
+        let _ = waiter.send(Err(error.clone()));
     }
 }
 

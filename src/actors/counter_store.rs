@@ -14,8 +14,8 @@
 //! The counter used to live in a sled database in the same folder. sled
 //! 0.34 hands each flush to its I/O thread pool and wakes all seven idle
 //! threads of the pool for it, which took more than half of k_server's CPU
-//! time with one client. A folder that holds such a database and no counter
-//! file has its value imported once. The sled files stay, with the value
+//! time with one client. A folder that contains such a database and no
+//! counter file has its value imported once. The sled files stay, with the value
 //! replaced by a marker that earlier versions reject as corrupt, so that
 //! one started on the folder again cannot repeat values.
 
@@ -508,32 +508,17 @@ mod tests {
         assert!(message.contains(&path.display().to_string()), "{message}");
     }
 
-    /// Opens the sled database at `path`. sled releases its lock some time
-    /// after the last handle is dropped, so this retries for a while.
-    fn open_sled(path: &Path) -> sled::Db {
-        for _ in 0..100 {
-            if let Ok(db) = sled::open(path) {
-                return db;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        sled::open(path).expect("open sled")
-    }
-
+    /// Writes `record` as the old sled counter's value in `path`.
     fn sled_counter(path: &Path, record: &[u8]) {
-        let db = open_sled(path);
-        let tree = db.open_tree(SledStore::TREE).expect("tree");
-        tree.insert(SledStore::KEY, record).expect("insert");
-        tree.flush().expect("flush");
+        let sled = SledStore::open(path).expect("open sled");
+        sled.tree.insert(SledStore::KEY, record).expect("insert");
+        sled.tree.flush().expect("flush");
     }
 
     fn sled_record(path: &Path) -> Vec<u8> {
-        let db = open_sled(path);
-        let tree = db.open_tree(SledStore::TREE).expect("tree");
-        tree.get(SledStore::KEY)
-            .expect("read")
-            .expect("record")
-            .to_vec()
+        let sled = SledStore::open(path).expect("open sled");
+        let record = sled.tree.get(SledStore::KEY).expect("read");
+        record.expect("record").to_vec()
     }
 
     #[test]
